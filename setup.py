@@ -1,0 +1,26 @@
+"""Packaging for rfengine: the `rfengine` engine and the standalone `kernels` ops."""
+from setuptools import find_packages, setup
+
+setup(
+    name="rfengine",
+    version="0.1.0",
+    description="Performance-first training engine for flow-matching DiT/SiT generators with ReflexFlow",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rfengine", "rfengine.*", "kernels", "kernels.*"]),
+    install_requires=[
+        # A range that the local CPU build 2.13.0 satisfies: a newer minimum would pull a CUDA build.
+        "torch>=2.4,<2.15",
+        "triton>=3.0; platform_system == 'Linux'",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "pillow",
+        "nvidia-ml-py",
+        "scikit-learn",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark"],
+        # CUDA only; install after torch so it does not replace the torch build.
+        "xformers": ["xformers"],
+    },
+)
