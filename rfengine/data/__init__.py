@@ -1,0 +1,40 @@
+"""Data sets and the resumable loader. `build_dataset(cfg)` is the one entry point."""
+from __future__ import annotations
+
+import torch
+
+from rfengine.data.digits import DigitsDataset
+from rfengine.data.folder import ImageFolderDataset
+from rfengine.data.latents import LatentShardDataset
+from rfengine.data.sampler import HFlip, ShardedBatchSampler
+
+
+def build_dataset(cfg):
+    """Data set for a `DataConfig`; it has `.shape` (C, H, W) and `.num_classes`."""
+    if cfg.name == "digits":
+        ds = DigitsDataset(cfg.image_size)
+    elif cfg.name == "folder":
+        ds = ImageFolderDataset(cfg.path, cfg.image_size)
+    elif cfg.name == "latents":
+        # image_size is the pixel resolution the latents were encoded from
+        return LatentShardDataset(cfg.path, vae=cfg.vae, scale_factor=cfg.scale_factor,
+                                  resolution=cfg.image_size, flip=cfg.flip)
+    else:
+        raise ValueError(f"data.name: unknown {cfg.name!r}")
+    return HFlip(ds) if cfg.flip else ds
+
+
+def batches(dataset, global_batch: int, *, rank: int, world: int, seed: int, flip: bool,
+            start_batch: int = 0, num_workers: int = 0, device: torch.device | str = "cpu"):
+    """Endless iterator of (x (B, C, H, W), y (B,)) batches on `device`, starting at `start_batch`."""
+    sampler = ShardedBatchSampler(len(dataset), global_batch, rank=rank, world=world, seed=seed,
+                                  flip=flip, start_batch=start_batch)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda", persistent_workers=num_workers > 0)
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+__all__ = ["build_dataset", "batches", "DigitsDataset", "ImageFolderDataset", "LatentShardDataset",
+           "ShardedBatchSampler", "HFlip"]

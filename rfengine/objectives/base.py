@@ -1,0 +1,50 @@
+"""The objective interface: `loss(model, x1, y, step) -> (loss, metrics)`.
+
+`model(x, t, y)` is any callable returning the velocity (B, C, H, W); x1 is a data batch
+(B, C, H, W) and y its labels (B,) or None (label dropout has already been applied). `loss` is a
+scalar fp32 tensor with a graph; `metrics` maps names to detached 0-dim tensors, so that nothing
+waits on the device until the trainer logs. Randomness comes from the global torch RNG, in a fixed
+order (noise x0 first, then t), so that every objective with its extras switched off draws exactly
+what `fm` draws.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rfengine.flow import interpolate, sample_times, velocity
+
+
+class Objective:
+    """Shared pieces: the FM branch's own time distribution and the vanilla FM loss."""
+
+    name = "base"
+
+    def __init__(self, cfg, metrics_every: int = 1):
+        self.cfg = cfg
+        self.metrics_every = metrics_every
+
+    def detailed(self, step: int) -> bool:
+        """Whether this step also computes metrics that cost extra device work."""
+        return step % self.metrics_every == 0
+
+    def draw(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise x0 (like x1, fp32) and FM times t (B,) in [0, 1]."""
+        x0 = torch.randn(x1.shape, device=x1.device, dtype=torch.float32)
+        t = sample_times(x1.shape[0], self.cfg.time_sampler, mean=self.cfg.logit_mean, std=self.cfg.logit_std,
+                         device=x1.device)
+        return x0, t
+
+    @staticmethod
+    def fm_loss(model, x0, x1, t, y) -> torch.Tensor:
+        """Vanilla flow matching: mean((v(x_t, t, y) - u)^2) over all elements, in fp32."""
+        v = model(interpolate(x0, x1, t), t, y)
+        return F.mse_loss(v.float(), velocity(x0, x1))
+
+    def loss(self, model, x1, y, step):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def cat_labels(y: torch.Tensor | None) -> torch.Tensor | None:
+    """Labels for a batch made of two concatenated copies."""
+    return None if y is None else torch.cat([y, y])
