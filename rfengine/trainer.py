@@ -1,0 +1,267 @@
+"""The training loop: composes config, data, model, objective, optimizer, checkpoints and telemetry.
+
+One step: next batch -> label dropout -> objective loss under autocast -> backward -> clip ->
+(skip if non-finite) optimizer step -> LR schedule -> EMA. Rank 0 logs, checkpoints and samples.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from rfengine import checkpoint, config as config_lib, parallel
+from rfengine.data import batches, build_dataset
+from rfengine.models import build_model, drop_labels
+from rfengine.objectives import build_objective
+from rfengine.optim import build_optimizer, ema_update, warmup_schedule
+from rfengine.sample import generate, save_grid
+from rfengine.telemetry import DeviceStats, MetricsFile, Throughput, progress_bar, setup_logging
+
+log = logging.getLogger("rfengine")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a NaN/Inf loss or gradient."""
+
+
+def code_version() -> str:
+    """The git commit of the source tree, or 'unknown' outside a checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT ask the loop to finish the step, checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        log.warning("received %s: finishing this step, then checkpointing", signal.Signals(signum).name)
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Builds everything from a validated `Config`; `run()` trains to `train.steps`."""
+
+    def __init__(self, cfg: config_lib.Config, resume: str | None = None):
+        self.cfg = cfg
+        self.dist = parallel.init_distributed(cfg.parallel.backend)
+        self.out = Path(cfg.train.out_dir)
+        if self.dist.is_main:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (self.out / "samples").mkdir(exist_ok=True)
+        parallel.barrier()
+        setup_logging(self.dist.is_main, self.out)
+        if self.dist.is_main:
+            config_lib.save(cfg, self.out / "config.yaml")
+        log.info("rfengine: %d process(es), device %s", self.dist.world, self.dist.device)
+
+        self.dataset = build_dataset(cfg.data)
+        c, h, w = self.dataset.shape
+        num_classes = self.dataset.num_classes if cfg.model.class_conditional else 0
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg.model.arch, in_channels=c, input_size=(h, w), num_classes=num_classes,
+                                 learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout,
+                                 attention=cfg.model.attention).to(self.dist.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim, self.dist.device)
+        self.scheduler = warmup_schedule(self.optimizer, cfg.optim.warmup_steps)
+        self.objective = build_objective(cfg.objective, metrics_every=cfg.train.log_every)
+        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        log.info("model %s: %.2fM parameters, input %s, %d classes; objective %s",
+                 cfg.model.arch, n_params / 1e6, self.dataset.shape, num_classes, cfg.objective.name)
+
+        self.step = 0
+        self.last_finite_loss = float("nan")
+        self._resume(resume)
+        self.ddp_model = parallel.apply_ddp(self.model, self.dist)
+        # Every rank draws different noise; the seed offset makes the streams reproducible per rank.
+        if self.step == 0:
+            torch.manual_seed(cfg.train.seed * 1000 + self.dist.rank + 1)
+
+    # -------------------------------------------------------------------------------------------
+    # Checkpoints
+    # -------------------------------------------------------------------------------------------
+
+    def _resume(self, resume: str | None) -> None:
+        if not resume:
+            return
+        if resume == "auto":
+            found = checkpoint.latest(self.out / "checkpoints")
+            if found is None:
+                log.info("--resume auto: no checkpoint in %s, starting fresh", self.out / "checkpoints")
+                return
+            path, ckpt = found
+        else:
+            path = Path(resume)
+            ckpt = checkpoint.load(path)
+        checkpoint.load_model_state(self.model, ckpt["model"], f"checkpoint {path}")
+        checkpoint.load_model_state(self.ema, ckpt["ema"], f"checkpoint {path} (EMA)")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step = int(ckpt["step"])
+        self.last_finite_loss = ckpt.get("last_finite_loss", float("nan"))
+        rng = ckpt.get("rng", [])
+        if len(rng) == self.dist.world:
+            checkpoint.restore_rng(rng[self.dist.rank])
+        else:
+            log.warning("checkpoint was written by %d process(es), this run has %d: data order is exact, "
+                        "noise streams are re-seeded", len(rng), self.dist.world)
+            torch.manual_seed(self.cfg.train.seed * 1000 + self.dist.rank + 1 + 7919 * self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save_checkpoint(self) -> Path | None:
+        rng = parallel.all_gather_object(checkpoint.capture_rng())
+        path = None
+        if self.dist.is_main:
+            state = {
+                "step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng, "config": config_lib.to_dict(self.cfg), "code_version": code_version(),
+                "world_size": self.dist.world, "last_finite_loss": self.last_finite_loss,
+            }
+            path = checkpoint.save_atomic(state, checkpoint.checkpoint_path(self.out / "checkpoints", self.step))
+            checkpoint.prune(self.out / "checkpoints", self.cfg.train.keep_ckpts)
+        parallel.barrier()
+        return path
+
+    def save_samples(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        s = self.cfg.sample
+        n = s.num_images
+        labels = None
+        if self.model.num_classes > 0:
+            labels = torch.arange(n, device=self.dist.device) % self.model.num_classes
+        x = generate(self.ema, shape=self.dataset.shape, n=n, labels=labels, method=s.method, steps=s.steps,
+                     cfg_scale=s.cfg_scale, shift=s.shift, seed=self.cfg.train.seed, device=self.dist.device,
+                     null_class=self.model.null_class)
+        return save_grid(x, self.out / "samples" / f"step_{self.step:08d}.png", nrow=min(n, 10))
+
+    # -------------------------------------------------------------------------------------------
+    # The loop
+    # -------------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        enabled = self.cfg.train.precision == "bf16"
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_step(self, x1: torch.Tensor, y: torch.Tensor) -> tuple[bool, dict]:
+        """One optimisation step; returns (applied, metrics). A non-finite loss or gradient on any
+        rank skips the update on every rank."""
+        cfg = self.cfg
+        if self.model.num_classes > 0:
+            y = drop_labels(y, cfg.model.class_dropout, self.model.null_class)
+        else:
+            y = None
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss, metrics = self.objective.loss(self.ddp_model, x1, y, self.step)
+        loss.backward()
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float(),
+                             torch.tensor(float(self._stop.requested), device=loss.device)])
+        flags = parallel.all_reduce(flags.to(self.dist.device), op=torch.distributed.ReduceOp.MAX)
+        self._stop.requested = bool(flags[1].item())
+        finite = flags[0].item() == 0
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            ema_update(self.ema, self.model, cfg.optim.ema_decay)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        metrics["grad_norm"] = grad_norm.detach()
+        return finite, metrics
+
+    def _log(self, metrics: dict, images_per_s: float, bad_steps: int, bar) -> None:
+        keys = sorted(metrics)
+        vals = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).to(self.dist.device)
+        vals = parallel.all_reduce(vals) / self.dist.world  # mean over ranks
+        row = {"step": self.step, **{k: float(v) for k, v in zip(keys, vals.tolist())},
+               "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s,
+               "bad_steps": bad_steps, **self.device_stats.read()}
+        if self.dist.is_main:
+            self.metrics_file.write(row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{images_per_s:.0f}")
+
+    def run(self) -> dict:
+        """Train from the current step to `train.steps`; returns a summary."""
+        cfg = self.cfg
+        self._stop = _StopFlag()
+        self.device_stats = DeviceStats(self.dist.device)
+        if self.dist.is_main:
+            self.metrics_file = MetricsFile(self.out / "metrics.jsonl", resume_step=self.step)
+        data = batches(self.dataset, cfg.train.batch_size, rank=self.dist.rank, world=self.dist.world,
+                       seed=cfg.train.seed, flip=cfg.data.flip, start_batch=self.step,
+                       num_workers=cfg.data.num_workers, device=self.dist.device)
+        bar = progress_bar(cfg.train.steps, self.step, self.dist.is_main and cfg.train.progress)
+        meter = Throughput()
+        bad_in_row, bad_total, last_loss = 0, 0, None
+        start, t0 = self.step, time.perf_counter()
+        self.ddp_model.train()
+        try:
+            while self.step < cfg.train.steps:
+                x1, y = next(data)
+                finite, metrics = self.train_step(x1, y)
+                if finite:
+                    bad_in_row = 0
+                    self.step += 1
+                    last_loss = metrics["loss"]
+                else:
+                    bad_in_row, bad_total = bad_in_row + 1, bad_total + 1
+                    log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
+                                self.step, bad_in_row)
+                    if bad_in_row >= cfg.train.max_bad_steps:
+                        if last_loss is not None:
+                            self.last_finite_loss = float(last_loss)
+                        raise NonFiniteError(
+                            f"{bad_in_row} consecutive non-finite steps at step {self.step}; "
+                            f"last finite loss {self.last_finite_loss:.6g}. Lower optim.lr or check the data.")
+                    continue
+                meter.add(cfg.train.batch_size)
+                if bar is not None:
+                    bar.update(1)
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    self._log(metrics, meter.read(self.dist.device), bad_total, bar)
+                if self.step % cfg.train.ckpt_every == 0 and self.step < cfg.train.steps:
+                    self.save_checkpoint()
+                if self.step % cfg.train.sample_every == 0 and self.step < cfg.train.steps:
+                    self.save_samples()
+                if self._stop.requested:
+                    self.last_finite_loss = float(last_loss)
+                    path = self.save_checkpoint()
+                    log.warning("stopped at step %d; checkpoint %s. Resume with --resume auto", self.step, path)
+                    return {"step": self.step, "stopped": True}
+            if last_loss is not None:
+                self.last_finite_loss = float(last_loss)
+            self.save_checkpoint()
+            grid = self.save_samples()
+            elapsed = time.perf_counter() - t0
+            log.info("done: %d steps in %.1f s (%.3f s/step); samples %s", self.step - start, elapsed,
+                     elapsed / max(self.step - start, 1), grid)
+            return {"step": self.step, "stopped": False, "seconds": elapsed}
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.dist.is_main:
+                self.metrics_file.close()
+            self._stop.restore()
