@@ -1,0 +1,32 @@
+"""Helpers for tests that run the trainer in-process or under torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rfengine import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "model.arch=DiT-T/4", "train.batch_size=16", "train.log_every=1", "train.progress=false",
+    "sample.steps=2", "sample.num_images=4", "optim.lr=1e-3", "train.ckpt_every=1000", "train.sample_every=1000",
+]
+
+
+def tiny_cfg(out_dir, *extra, config_file=None):
+    return config.load(config_file, [*TINY, f"train.out_dir={out_dir}", *extra])
+
+
+def read_metrics(out_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "rfengine" / "train.py"), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
