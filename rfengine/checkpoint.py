@@ -27,8 +27,9 @@ def checkpoint_path(folder: str | Path, step: int) -> Path:
     return Path(folder) / f"step_{step:08d}.pt"
 
 
-def save_atomic(obj, path: str | Path) -> Path:
-    """torch.save `obj` to `path` so that `path` is either absent, the old file or the complete new one."""
+def save_atomic(obj, path: str | Path, before_rename=None) -> Path:
+    """torch.save `obj` to `path` so that `path` is either absent, the old file or the complete new one.
+    `before_rename(tmp_path)`, if given, runs between the fsync and the rename (the crash tests use it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -37,6 +38,8 @@ def save_atomic(obj, path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -80,6 +83,16 @@ def latest(folder: str | Path) -> tuple[Path, dict] | None:
         except ValueError as e:
             log.warning("skipping damaged checkpoint: %s", e)
     return None
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporary files left by a writer that was killed mid-write; returns what was removed."""
+    folder = Path(folder)
+    gone = sorted(folder.glob(".step_*.pt.tmp-*")) if folder.is_dir() else []
+    for p in gone:
+        p.unlink(missing_ok=True)
+        log.warning("removed an incomplete checkpoint left by a crashed writer: %s", p.name)
+    return gone
 
 
 def prune(folder: str | Path, keep: int) -> None:

@@ -11,6 +11,14 @@ import torch
 log = logging.getLogger("rfengine")
 
 
+def _step_of(line: str, torn: int) -> int:
+    """The row's step; `torn` for a blank line or one cut short by a crash mid-write."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return torn
+
+
 class MetricsFile:
     """Append-only `metrics.jsonl`, one JSON object per logged step. On resume, rows after the
     resumed step (logged by the crashed run before its last checkpoint was lost) are dropped so the
@@ -19,8 +27,7 @@ class MetricsFile:
     def __init__(self, path: str | Path, resume_step: int | None = None):
         self.path = Path(path)
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line, resume_step + 1) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._f = open(self.path, "a", buffering=1)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rfengine import checkpoint, config as config_lib, parallel
+from rfengine import checkpoint, config as config_lib, faults, parallel
 from rfengine.data import batches, build_dataset
 from rfengine.models import build_model, drop_labels
 from rfengine.objectives import build_objective
@@ -89,6 +89,7 @@ class Trainer:
                  cfg.model.arch, n_params / 1e6, self.dataset.shape, num_classes, cfg.objective.name)
 
         self.step = 0
+        self.batches = 0  # batches drawn so far, skipped (non-finite) steps included: the data position
         self.last_finite_loss = float("nan")
         self._resume(resume)
         self.ddp_model = parallel.apply_ddp(self.model, self.dist)
@@ -101,6 +102,8 @@ class Trainer:
     # -------------------------------------------------------------------------------------------
 
     def _resume(self, resume: str | None) -> None:
+        if self.dist.is_main:
+            checkpoint.remove_temporaries(self.out / "checkpoints")
         if not resume:
             return
         if resume == "auto":
@@ -117,6 +120,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
+        self.batches = int(ckpt.get("batches", self.step))
         self.last_finite_loss = ckpt.get("last_finite_loss", float("nan"))
         rng = ckpt.get("rng", [])
         if len(rng) == self.dist.world:
@@ -132,12 +136,14 @@ class Trainer:
         path = None
         if self.dist.is_main:
             state = {
-                "step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "step": self.step, "batches": self.batches, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng, "config": config_lib.to_dict(self.cfg), "code_version": code_version(),
                 "world_size": self.dist.world, "last_finite_loss": self.last_finite_loss,
             }
-            path = checkpoint.save_atomic(state, checkpoint.checkpoint_path(self.out / "checkpoints", self.step))
+            step = self.step
+            path = checkpoint.save_atomic(state, checkpoint.checkpoint_path(self.out / "checkpoints", step),
+                                          before_rename=lambda tmp: faults.maybe_crash("checkpoint_write", step, tmp))
             checkpoint.prune(self.out / "checkpoints", self.cfg.train.keep_ckpts)
         parallel.barrier()
         return path
@@ -211,7 +217,7 @@ class Trainer:
         if self.dist.is_main:
             self.metrics_file = MetricsFile(self.out / "metrics.jsonl", resume_step=self.step)
         data = batches(self.dataset, cfg.train.batch_size, rank=self.dist.rank, world=self.dist.world,
-                       seed=cfg.train.seed, flip=cfg.data.flip, start_batch=self.step,
+                       seed=cfg.train.seed, flip=cfg.data.flip, start_batch=self.batches,
                        num_workers=cfg.data.num_workers, device=self.dist.device)
         bar = progress_bar(cfg.train.steps, self.step, self.dist.is_main and cfg.train.progress)
         meter = Throughput()
@@ -221,6 +227,7 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 x1, y = next(data)
+                self.batches += 1
                 finite, metrics = self.train_step(x1, y)
                 if finite:
                     bad_in_row = 0
@@ -237,6 +244,7 @@ class Trainer:
                             f"{bad_in_row} consecutive non-finite steps at step {self.step}; "
                             f"last finite loss {self.last_finite_loss:.6g}. Lower optim.lr or check the data.")
                     continue
+                faults.maybe_crash("after_step", self.step)
                 meter.add(cfg.train.batch_size)
                 if bar is not None:
                     bar.update(1)
@@ -249,7 +257,8 @@ class Trainer:
                 if self._stop.requested:
                     self.last_finite_loss = float(last_loss)
                     path = self.save_checkpoint()
-                    log.warning("stopped at step %d; checkpoint %s. Resume with --resume auto", self.step, path)
+                    log.warning("stopped at step %d; checkpoint %s. Resume by running the same command with "
+                                "--resume auto", self.step, path)
                     return {"step": self.step, "stopped": True}
             if last_loss is not None:
                 self.last_finite_loss = float(last_loss)

@@ -25,8 +25,25 @@ def read_metrics(out_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(ROOT / "rfengine" / "train.py"), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m rfengine.train ...` in a fresh single process (one thread, like torchrun)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "rfengine.train", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def set_args(*overrides: str) -> list[str]:
+    """['--set', a, '--set', b, ...] for the CLI."""
+    return [a for s in overrides for a in ("--set", s)]
+
+
+def losses(out_dir) -> dict[int, tuple[float, float]]:
+    """step -> (loss, grad_norm) from a run's metrics.jsonl."""
+    return {r["step"]: (r["loss"], r["grad_norm"]) for r in read_metrics(out_dir)}

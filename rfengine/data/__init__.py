@@ -29,8 +29,11 @@ def batches(dataset, global_batch: int, *, rank: int, world: int, seed: int, fli
     """Endless iterator of (x (B, C, H, W), y (B,)) batches on `device`, starting at `start_batch`."""
     sampler = ShardedBatchSampler(len(dataset), global_batch, rank=rank, world=world, seed=seed,
                                   flip=flip, start_batch=start_batch)
+    # The loader's own generator: creating its iterator must not draw from the global RNG, which
+    # carries the training noise and is restored exactly on resume.
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed * 1000 + rank + start_batch),
         pin_memory=torch.device(device).type == "cuda", persistent_workers=num_workers > 0)
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
