@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from rfengine import config as config_lib
-    from rfengine.trainer import Trainer
+    from rfengine.trainer import NonFiniteError, Trainer
     from rfengine import parallel
 
     try:
@@ -35,6 +35,10 @@ def main(argv=None) -> int:
         return 2
     try:
         Trainer(cfg, resume=args.resume).run()
+    except (ValueError, FileNotFoundError, NonFiniteError) as e:
+        # Expected failures (bad data, a checkpoint that does not fit, a diverged run): one clear line.
+        print(f"rfengine: error: {e}", file=sys.stderr)
+        return 1
     finally:
         parallel.shutdown()
     return 0

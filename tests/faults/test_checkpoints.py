@@ -1,0 +1,88 @@
+"""Checkpoints: atomic writes, damaged files never chosen, a checkpoint from another model named key by key."""
+import pytest
+import torch
+
+from rfengine import checkpoint
+from rfengine.models import build_model
+from rfengine.trainer import Trainer
+from tests.helpers import read_metrics, set_args, tiny_cfg, train_cli
+
+
+def test_interrupted_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "step_00000001.pt"
+    checkpoint.save_atomic({"step": 1, "model": {}}, path)
+
+    def crash(tmp):
+        assert tmp.exists() and tmp.name.startswith(".step_00000001.pt.tmp-")
+        raise KeyboardInterrupt  # as if the process were interrupted between write and rename
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"step": 2, "model": {}}, path, before_rename=crash)
+    assert checkpoint.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # temporary file cleaned up
+
+
+def test_latest_skips_corrupt_and_ignores_temporaries(tmp_path, caplog):
+    for step in (2, 4):
+        checkpoint.save_atomic({"step": step, "model": {}}, checkpoint.checkpoint_path(tmp_path, step))
+    newest = checkpoint.checkpoint_path(tmp_path, 6)
+    newest.write_bytes(checkpoint.checkpoint_path(tmp_path, 4).read_bytes()[:100])  # torn (non-atomic copy)
+    (tmp_path / ".step_00000008.pt.tmp-123").write_bytes(b"half")
+    path, ckpt = checkpoint.latest(tmp_path)
+    assert path.name == "step_00000004.pt" and ckpt["step"] == 4
+    assert "skipping damaged checkpoint" in caplog.text and "step_00000006.pt" in caplog.text
+    assert checkpoint.remove_temporaries(tmp_path)[0].name == ".step_00000008.pt.tmp-123"
+
+
+def test_corrupt_checkpoint_named(tmp_path):
+    bad = tmp_path / "step_00000003.pt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="step_00000003.pt is corrupt"):
+        checkpoint.load(bad)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an rfengine training checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="checkpoint not found"):
+        checkpoint.load(tmp_path / "missing.pt")
+
+
+def test_checkpoint_from_another_model_names_the_keys():
+    small = build_model("DiT-T/4", in_channels=1, input_size=16, num_classes=10)
+    other = build_model("DiT-T/2", in_channels=1, input_size=16, num_classes=10, learn_sigma=True)
+    with pytest.raises(ValueError) as e:
+        checkpoint.load_model_state(small, other.state_dict(), "ckpt X")
+    msg = str(e.value)
+    assert "ckpt X does not match this model" in msg
+    assert "x_embedder.proj.weight: checkpoint (64, 1, 2, 2) vs model (64, 1, 4, 4)" in msg
+    assert "final_layer.linear.weight" in msg
+
+
+def test_wrapper_prefixes_are_stripped():
+    model = build_model("DiT-T/4", in_channels=1, input_size=16, num_classes=10)
+    state = {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}
+    checkpoint.load_model_state(model, state)  # DDP + compile names load into the bare model
+
+
+def test_resume_with_another_model_fails_clearly(tmp_path):
+    Trainer(tiny_cfg(tmp_path, "train.steps=2")).run()
+    r = train_cli("--config", "configs/tiny.yaml", *set_args("train.progress=false", f"train.out_dir={tmp_path}",
+                                                            "model.arch=DiT-T/2", "train.steps=4"), "--resume", "auto")
+    assert r.returncode == 1
+    assert "rfengine: error: checkpoint" in r.stderr and "does not match this model" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_checkpoint_is_complete(tmp_path):
+    Trainer(tiny_cfg(tmp_path, "train.steps=2")).run()
+    _, ckpt = checkpoint.latest(tmp_path / "checkpoints")
+    for key in ("step", "batches", "model", "ema", "optimizer", "scheduler", "rng", "config", "code_version",
+                "world_size"):
+        assert key in ckpt, key
+    assert set(ckpt["rng"][0]) >= {"torch", "numpy", "python"}
+    assert ckpt["config"]["model"]["arch"] == "DiT-T/4" and ckpt["step"] == 2
+
+
+def test_keep_ckpts_prunes_old_ones(tmp_path):
+    Trainer(tiny_cfg(tmp_path, "train.steps=6", "train.ckpt_every=1", "train.keep_ckpts=2")).run()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000005.pt", "step_00000006.pt"]
+    assert len(read_metrics(tmp_path)) == 6
