@@ -38,13 +38,19 @@ def backend() -> str:
     return choice
 
 
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
+def _find_triton() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+_TRITON = _find_triton()
+
+
+def triton_available() -> bool:
+    return _TRITON
 
 
 def _interpreting() -> bool:

@@ -229,7 +229,7 @@ class DiT(nn.Module):
             x = block(x, c)                                             # (N, T, D)
         x = self.unpatchify(self.final_layer(x, c))                     # (N, C_out, H, W)
         if self.learn_sigma:  # SiT checkpoints predict 2C channels; the velocity is the first C
-            x = x[:, : self.in_channels]
+            x = x[:, : self.in_channels].contiguous()  # the fused ops take contiguous tensors
         return x
 
 
