@@ -36,3 +36,19 @@ def adr_loss_inputs(shape, dtype=torch.float32, device="cpu", seed=0):
     mk = lambda: torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     t = torch.rand(shape[0], generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     return mk(), mk(), t
+
+
+def assert_agree(fused, ref, exact, name=""):
+    """fused, ref: tensors of the same dtype; exact: the float64 evaluation of the same inputs."""
+    assert fused.dtype == ref.dtype and fused.shape == ref.shape, name
+    assert torch.isfinite(fused).all(), f"{name}: non-finite values (unwritten elements?)"
+    f, r, e = fused.double(), ref.double(), exact.double()
+    scale = e.abs().max().clamp(min=1e-12)
+    if ref.dtype in (torch.float32, torch.float64):
+        err = (f - r).abs().max() / scale
+        assert err < 1e-5, f"{name}: relative error {err:.3g} against the reference"
+    else:
+        fused_err = (f - e).abs().max()
+        ref_err = (r - e).abs().max()
+        atol = 1e-3 * scale
+        assert fused_err <= 2 * ref_err + atol, f"{name}: fused error {fused_err:.3g} vs reference {ref_err:.3g}"
