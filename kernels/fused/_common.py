@@ -55,3 +55,13 @@ def cast_for(x, ptr):
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         x = bits.to(tl.float32, bitcast=True)
     return x.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def row_block(N, BLOCK: tl.constexpr):
+    """This program's place on the (sample, block) grid: sample b, block j, the flat element indices
+    of its block and their in-bounds mask (every load and store is masked with it)."""
+    b = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    offs = j * BLOCK + tl.arange(0, BLOCK)
+    return b, j, b * N + offs, offs < N

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from kernels.fused import _common
-from kernels.fused._common import acc_dtype, block_for, cast_for, grid, tl_acc
+from kernels.fused._common import acc_dtype, block_for, cast_for, grid, row_block, tl_acc
 
 KINDS = {"x1": 0, "mse": 1, "direction": 2}
 
@@ -21,11 +21,7 @@ KINDS = {"x1": 0, "mse": 1, "direction": 2}
 def _sums(v_ptr, u_ptr, sa_ptr, sc_ptr, part_ptr, N, NB,
           PASS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """PASS 0: sum (v-u)^2.  PASS 1: sum v^2, sum u^2.  PASS 2: sum r^2, sum (v/a)*r, r = v/a - u/c."""
-    b = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1)
-    offs = j * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    idx = b * N + offs
+    b, j, idx, m = row_block(N, BLOCK)
     v = tl.load(v_ptr + idx, mask=m, other=0.0).to(ACC)
     u = tl.load(u_ptr + idx, mask=m, other=0.0).to(ACC)
     base = part_ptr + (b * NB + j) * 2
@@ -50,10 +46,7 @@ def _grad(v_ptr, u_ptr, coef_ptr, sa_ptr, sc_ptr, k_ptr, grad_ptr, N,
           DIRECTION: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """mse/x1: grad = coef_b*(v - u) (coef_b = g_b*2*c_b/N).
     direction: grad = coef_b*(r - k_b*v/a) (coef_b = g_b*2/a, k_b = 0 where |v| <= eps)."""
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    idx = b * N + offs
+    b, _, idx, m = row_block(N, BLOCK)
     v = tl.load(v_ptr + idx, mask=m, other=0.0).to(ACC)
     u = tl.load(u_ptr + idx, mask=m, other=0.0).to(ACC)
     coef = tl.load(coef_ptr + b).to(ACC)

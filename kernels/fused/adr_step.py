@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from kernels.fused import _common
-from kernels.fused._common import acc_dtype, block_for, cast_for, grid, tl_acc
+from kernels.fused._common import acc_dtype, block_for, cast_for, grid, row_block, tl_acc
 
 
 @triton.jit
@@ -19,11 +19,7 @@ def _adr_step_fwd(xhat_ptr, v_ptr, h_ptr, x0_ptr, x1_ptr, t_ptr,
                   xn_ptr, uhat_ptr, dx_ptr, part_ptr,
                   N, NB, eps_t,
                   FINAL: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1)
-    offs = j * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    idx = b * N + offs
+    b, j, idx, m = row_block(N, BLOCK)
     xhat = tl.load(xhat_ptr + idx, mask=m, other=0.0).to(ACC)
     v = tl.load(v_ptr + idx, mask=m, other=0.0).to(ACC)
     h = tl.load(h_ptr + b).to(ACC)
@@ -47,10 +43,7 @@ def _adr_step_bwd(g_xn_ptr, g_u_ptr, g_dx_ptr, g_sq_ptr, v_ptr, h_ptr, xn_ptr, x
                   d_xhat_ptr, d_v_ptr, d_x0_ptr, d_x1_ptr,
                   N, eps_t,
                   FINAL: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    idx = b * N + offs
+    b, _, idx, m = row_block(N, BLOCK)
     d = tl.load(g_xn_ptr + idx, mask=m, other=0.0).to(ACC)
     h = tl.load(h_ptr + b).to(ACC)
     if FINAL:

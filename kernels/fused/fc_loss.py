@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from kernels.fused import _common
-from kernels.fused._common import acc_dtype, block_for, cast_for, grid, tl_acc
+from kernels.fused._common import acc_dtype, block_for, cast_for, grid, row_block, tl_acc
 
 _MASKS: dict = {}
 
@@ -42,11 +42,7 @@ def lowpass(delta: torch.Tensor, mask: str, cutoff: float, acc: torch.dtype) -> 
 @triton.jit
 def _fc_sums(lp_ptr, pred_ptr, target_ptr, part_ptr, N, NB,
              ACC: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1)
-    offs = j * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    idx = b * N + offs
+    b, j, idx, m = row_block(N, BLOCK)
     a = tl.abs(tl.load(lp_ptr + idx, mask=m, other=0.0).to(ACC))
     e = tl.load(pred_ptr + idx, mask=m, other=0.0).to(ACC) - tl.load(target_ptr + idx, mask=m, other=0.0).to(ACC)
     e2 = e * e
@@ -60,10 +56,7 @@ def _fc_sums(lp_ptr, pred_ptr, target_ptr, part_ptr, N, NB,
 def _fc_grad(lp_ptr, pred_ptr, target_ptr, scale_ptr, gout_ptr, grad_ptr, N, inv_n,
              ACC: tl.constexpr, BLOCK: tl.constexpr):
     """grad = gout_b * 2*w*(pred - target)/N with w = 1 + scale_b*|lp|."""
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    idx = b * N + offs
+    b, _, idx, m = row_block(N, BLOCK)
     a = tl.abs(tl.load(lp_ptr + idx, mask=m, other=0.0).to(ACC))
     e = tl.load(pred_ptr + idx, mask=m, other=0.0).to(ACC) - tl.load(target_ptr + idx, mask=m, other=0.0).to(ACC)
     s = tl.load(scale_ptr + b).to(ACC)
