@@ -40,7 +40,7 @@ def backend() -> str:
 
 def _find_triton() -> bool:
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (only whether it imports)
     except ImportError:
         return False
     return True

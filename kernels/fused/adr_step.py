@@ -6,7 +6,6 @@ the per-sample sums are written as per-block partials and summed in a fixed orde
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

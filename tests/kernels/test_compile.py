@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kernels
-from tests.kernels.inputs import adr_loss_inputs, adr_step_inputs, fc_inputs
+from tests.kernels.inputs import adr_step_inputs
 
 
 def hot_path(xhat, v, h, x0, x1, t, pred, target):

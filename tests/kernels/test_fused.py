@@ -228,37 +228,8 @@ def test_reflexflow_objective_runs_on_the_fused_ops(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad input
+# Backend selection (bad kernel inputs: tests/faults/test_kernel_inputs.py)
 # ---------------------------------------------------------------------------------------------
-
-def test_bad_input_is_rejected_by_name():
-    xhat, v, h, x0, x1, t = adr_step_inputs((2, 3, 8, 8), device=DEV)
-    with pytest.raises(ValueError, match=r"v: expected a contiguous tensor"):
-        kernels.adr_euler_step(xhat, v.transpose(2, 3), h)
-    with pytest.raises(ValueError, match=r"x1: expected a contiguous tensor"):
-        kernels.adr_euler_step(xhat, v, h, x0=x0, x1=x1.transpose(2, 3), t=t)
-    with pytest.raises(ValueError, match=r"xhat: expected a floating dtype"):
-        kernels.adr_euler_step(xhat.int(), v, h)
-    with pytest.raises(ValueError, match=r"v: expected dtype float16, bfloat16, float32 or float64"):
-        kernels.adr_euler_step(xhat, v.to(torch.float8_e4m3fn), h)
-    with pytest.raises(ValueError, match=r"v: expected device"):
-        kernels.adr_euler_step(xhat, v.to("meta"), h)
-    with pytest.raises(ValueError, match=r"v: expected shape \(2, 3, 8, 8\)"):
-        kernels.adr_euler_step(xhat, v[:, :2].contiguous(), h)
-    with pytest.raises(ValueError, match=r"t: expected values in \[0, 1\]"):
-        kernels.adr_euler_step(xhat, v, h, x0=x0, x1=x1, t=t + 2)
-    pred, target, delta, tt = fc_inputs((2, 3, 8, 8), device=DEV)
-    with pytest.raises(ValueError, match="delta: expected a contiguous tensor"):
-        kernels.fc_weighted_mse(pred, target, delta.transpose(2, 3))
-    with pytest.raises(ValueError, match="cutoff: expected > 0"):
-        kernels.fc_weighted_mse(pred, target, delta, cutoff=-1.0)
-    with pytest.raises(ValueError, match="mask: expected one of"):
-        kernels.fc_weighted_mse(pred, target, delta, mask="ring")
-    with pytest.raises(ValueError, match="uhat: expected a contiguous tensor"):
-        kernels.adr_loss(pred, target.transpose(2, 3), tt)
-    with pytest.raises(ValueError, match="kind: expected one of"):
-        kernels.adr_loss(pred, target, tt, kind="l2")
-
 
 @pytest.mark.skipif(not INTERPRETING, reason="checks the CPU interpreter's selection")
 def test_backend_selection(monkeypatch):
