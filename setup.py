@@ -17,6 +17,8 @@ setup(
         "pillow",
         "nvidia-ml-py",
         "scikit-learn",
+        "scipy",
+        "matplotlib",
     ],
     extras_require={
         "dev": ["pytest", "pytest-benchmark"],

@@ -13,10 +13,12 @@ from rfengine.flow import integrate, with_cfg
 @torch.no_grad()
 def generate(model, *, shape: tuple[int, int, int], n: int, labels: torch.Tensor | None, method: str = "euler",
              steps: int = 50, cfg_scale: float = 1.0, shift: float = 1.0, seed: int = 0,
-             device: torch.device | str = "cpu", null_class: int | None = None) -> torch.Tensor:
-    """n samples (n, C, H, W) at t = 1 from fixed noise (seeded), for labels (n,) or None."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn((n, *shape), generator=g).to(device)
+             device: torch.device | str = "cpu", null_class: int | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+    """n samples (n, C, H, W) at t = 1 from fixed noise (seeded, or `noise` itself), for labels (n,) or None."""
+    if noise is None:
+        noise = torch.randn((n, *shape), generator=torch.Generator(device="cpu").manual_seed(seed))
+    x = noise.to(device)
     fn = model
     if labels is not None and cfg_scale != 1.0:
         fn = with_cfg(model, cfg_scale, null_class)
@@ -49,3 +51,106 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 8, upscale: int | N
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a trained model, and the command line: python -m rfengine.sample
+# ---------------------------------------------------------------------------------------------
+
+def load_model(ckpt_path: str | Path, weights: str = "ema"):
+    """(model in eval mode, config, data shape (C, H, W)) from a training checkpoint; `weights` is
+    'ema' or 'raw'. The shape and class count come from the checkpoint (older checkpoints: from the
+    position embedding, assuming square inputs)."""
+    from rfengine import checkpoint, config as config_lib
+    from rfengine.models import build_model
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights: expected 'ema' or 'raw', got {weights!r}")
+    ckpt = checkpoint.load(ckpt_path)
+    cfg = config_lib.from_dict(ckpt["config"])
+    state = checkpoint.strip_prefixes(ckpt["ema" if weights == "ema" else "model"])
+    if "data_shape" in ckpt:
+        shape, num_classes = tuple(ckpt["data_shape"]), int(ckpt["num_classes"])
+    else:
+        hidden, c, p, _ = state["x_embedder.proj.weight"].shape
+        side = int(round(state["pos_embed"].shape[1] ** 0.5)) * p
+        shape = (c, side, side)
+        rows = state["y_embedder.embedding_table.weight"].shape[0] if "y_embedder.embedding_table.weight" in state else 0
+        num_classes = max(rows - int(cfg.model.class_dropout > 0), 0)
+    model = build_model(cfg.model.arch, in_channels=shape[0], input_size=shape[1:], num_classes=num_classes,
+                        learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout,
+                        attention=cfg.model.attention)
+    checkpoint.load_model_state(model, state, f"checkpoint {ckpt_path} ({weights})")
+    return model.eval(), cfg, shape
+
+
+def _resolve_checkpoint(run: str | None, ckpt: str | None) -> Path:
+    from rfengine import checkpoint
+    if bool(run) == bool(ckpt):
+        raise ValueError("pass exactly one of --run DIR or --ckpt PATH")
+    if ckpt:
+        return Path(ckpt)
+    found = checkpoint.list_checkpoints(Path(run) / "checkpoints")
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {Path(run) / 'checkpoints'}")
+    return found[-1][1]
+
+
+def sample_main(argv=None) -> int:
+    import argparse
+    import json
+    from tqdm import tqdm
+    from rfengine import parallel
+    p = argparse.ArgumentParser(description="Sample a trained rfengine model: PNG grid + .npz (uint8 NHWC arr_0).")
+    p.add_argument("--run", help="run folder (its newest checkpoint)")
+    p.add_argument("--ckpt", help="a checkpoint file")
+    p.add_argument("--weights", default="ema", choices=["ema", "raw"])
+    p.add_argument("--method", default="euler", choices=["euler", "heun"])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--shift", type=float, default=1.0)
+    p.add_argument("--num", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (default: <run>/eval)")
+    a = p.parse_args(argv)
+    dist = parallel.init_distributed("auto")
+    try:
+        path = _resolve_checkpoint(a.run, a.ckpt)
+        model, cfg, shape = load_model(path, a.weights)
+        model.to(dist.device)
+        mine = list(range(dist.rank, a.num, dist.world))  # sample i's noise depends on (seed, i) only
+        imgs, labels = [], []
+        chunks = [mine[i:i + a.batch] for i in range(0, len(mine), a.batch)]
+        for idx in tqdm(chunks, desc="sample", disable=not dist.is_main):
+            lab = None
+            if model.num_classes > 0:
+                lab = torch.tensor(idx, device=dist.device) % model.num_classes
+            noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(a.seed * 10**9 + i))
+                                 for i in idx])
+            x = generate(model, shape=shape, n=len(idx), labels=lab, method=a.method, steps=a.steps,
+                         cfg_scale=a.cfg, shift=a.shift, device=dist.device, null_class=model.null_class,
+                         noise=noise)
+            imgs.append(to_uint8(x))
+            labels.append(np.asarray(idx) % max(model.num_classes, 1) if model.num_classes else np.zeros(len(idx), int))
+        parts = parallel.all_gather_object((np.concatenate(imgs), np.concatenate(labels), mine))
+        if dist.is_main:
+            order = np.argsort(np.concatenate([m for _, _, m in parts]))
+            arr = np.concatenate([x for x, _, _ in parts])[order]
+            lab = np.concatenate([y for _, y, _ in parts])[order]
+            out = Path(a.out) if a.out else (Path(a.run) if a.run else path.parent.parent) / "eval"
+            out.mkdir(parents=True, exist_ok=True)
+            stem = f"samples_{a.weights}_{a.method}{a.steps}_cfg{a.cfg:g}_n{a.num}_seed{a.seed}"
+            np.savez(out / f"{stem}.npz", arr_0=arr, labels=lab)
+            grid = torch.from_numpy(arr[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            save_grid(grid, out / f"{stem}.png", nrow=10)
+            meta = {"checkpoint": str(path), "weights": a.weights, "method": a.method, "steps": a.steps,
+                    "cfg": a.cfg, "shift": a.shift, "num": a.num, "seed": a.seed, "world": dist.world}
+            (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
+            print(f"wrote {out / (stem + '.npz')} ({arr.shape}, uint8 NHWC) and a grid")
+    finally:
+        parallel.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(sample_main())

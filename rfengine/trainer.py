@@ -140,6 +140,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng, "config": config_lib.to_dict(self.cfg), "code_version": code_version(),
                 "world_size": self.dist.world, "last_finite_loss": self.last_finite_loss,
+                "data_shape": list(self.dataset.shape), "num_classes": self.model.num_classes,
             }
             step = self.step
             path = checkpoint.save_atomic(state, checkpoint.checkpoint_path(self.out / "checkpoints", step),
