@@ -36,7 +36,7 @@ class ModelConfig:
     learn_sigma: bool = False
     class_dropout: float = _bound(0.1, ge=0.0, le=1.0)
     class_conditional: bool = True
-    attention: Literal["sdpa", "math"] = "sdpa"
+    attention: Literal["sdpa", "xformers", "math"] = "sdpa"
 
 
 @dataclass
@@ -120,6 +120,8 @@ class TrainConfig:
     keep_ckpts: int = _bound(3, ge=1)
     max_bad_steps: int = _bound(10, ge=1)
     progress: bool = True
+    compile: bool = False
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"
 
 
 @dataclass

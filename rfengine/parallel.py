@@ -37,6 +37,47 @@ def init_distributed(backend: str = "auto") -> Dist:
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
+# The wrapping order is fixed: activation checkpointing, then compile, then the data-parallel wrapper
+# (each works on the blocks the previous one left in place).
+
+def apply_ac(model: torch.nn.Module, mode: str) -> None:
+    """Activation checkpointing of every DiT block, in place. `full`: keep only each block's input
+    and recompute the block in the backward pass. `selective`: keep the outputs of the matrix products
+    and attention (the expensive ops) and recompute the cheap elementwise ones."""
+    if mode == "none":
+        return
+    if mode not in ("full", "selective"):
+        raise ValueError(f"train.activation_checkpointing: expected none, full or selective, got {mode!r}")
+    from functools import partial
+
+    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+    aten = torch.ops.aten
+    keep = {aten.mm.default, aten.addmm.default, aten.bmm.default,
+            aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_efficient_attention.default,
+            aten._scaled_dot_product_flash_attention_for_cpu.default}
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    for block in model.blocks:
+        inner = block.forward
+        if mode == "full":
+            block.forward = partial(checkpoint, inner, use_reentrant=False)
+        else:
+            block.forward = partial(checkpoint, inner, use_reentrant=False,
+                                    context_fn=partial(create_selective_checkpoint_contexts, policy))
+
+
+def apply_compile(model: torch.nn.Module, enabled: bool) -> None:
+    """torch.compile each DiT block in place (one graph reused by every block of the same shape)."""
+    if not enabled:
+        return
+    for block in model.blocks:
+        block.compile()
+
+
 def apply_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     """DistributedDataParallel when there are several processes; the model itself otherwise."""
     if d.world == 1:

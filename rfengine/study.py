@@ -43,7 +43,7 @@ METHODS = {
     "fc_only": ["objective.name=reflexflow", "objective.adr.weight=0"],
 }
 BASE = ["model.arch=DiT-T/2", "model.class_conditional=false", "data.name=digits", "optim.lr=1e-3",
-        "optim.warmup_steps=50", "optim.ema_decay=0.995", "train.log_every=25", "train.progress=false",
+        "optim.warmup_steps=50", "optim.ema_decay=0.99", "train.log_every=25", "train.progress=false",
         "train.sample_every=1000000", "train.keep_ckpts=100"]
 
 
@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=500, help="generated images per FD")
     p.add_argument("--sample-steps", nargs="+", type=int, default=[5, 10, 20, 50])
     p.add_argument("--bias-steps", type=int, default=20, help="Euler steps of the exposure-bias curve")
+    p.add_argument("--reuse", help="another study's output folder: runs found there (same method and seed) "
+                   "are reused instead of retrained, e.g. the fm baseline for an ablation")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline in ~2 minutes")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (e.g. an ablation: objective.fc.cutoff=0.5)")
@@ -118,6 +120,9 @@ def _run_and_score(args, method, seed, feats, real_feats, real_x) -> list[dict]:
     cached = run_dir / "scores.json"
     if cached.is_file():
         return json.loads(cached.read_text())
+    if args.reuse and (Path(args.reuse) / "runs" / f"{method}_s{seed}" / "scores.json").is_file():
+        log.info("reusing %s seed %d from %s", method, seed, args.reuse)
+        return json.loads((Path(args.reuse) / "runs" / f"{method}_s{seed}" / "scores.json").read_text())
     steps, ckpt_every = args.steps, args.steps
     if method == "fm":  # longer, with checkpoints every quarter of the common length
         ckpt_every = max(1, args.steps // 4)
@@ -148,6 +153,8 @@ def _rows(method, seed, step, sec_per_step, s) -> list[dict]:
 def _fm_equal_wallclock(args, seed, rows, feats, real_feats, real_x) -> list[dict]:
     """Score the fm checkpoint whose training time is closest to the reflexflow run's."""
     run_dir = Path(args.out) / "runs" / f"fm_s{seed}"
+    if not run_dir.is_dir():  # fm reused from another study: its wall-clock row belongs to that study
+        return []
     cached = run_dir / "scores_wallclock.json"
     if cached.is_file():
         return json.loads(cached.read_text())

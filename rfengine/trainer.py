@@ -18,6 +18,7 @@ import torch
 from rfengine import checkpoint, config as config_lib, faults, parallel
 from rfengine.data import batches, build_dataset
 from rfengine.models import build_model, drop_labels
+from rfengine.models.attention import check_backend as check_attention
 from rfengine.objectives import build_objective
 from rfengine.optim import build_optimizer, ema_update, warmup_schedule
 from rfengine.sample import generate, save_grid
@@ -92,7 +93,13 @@ class Trainer:
         self.batches = 0  # batches drawn so far, skipped (non-finite) steps included: the data position
         self.last_finite_loss = float("nan")
         self._resume(resume)
+        check_attention(cfg.model.attention, self.dist.device, self.model.blocks[0].attn.head_dim)
+        # Fixed order: activation checkpointing, then per-block compile, then the DDP wrapper.
+        parallel.apply_ac(self.model, cfg.train.activation_checkpointing)
+        parallel.apply_compile(self.model, cfg.train.compile)
         self.ddp_model = parallel.apply_ddp(self.model, self.dist)
+        log.info("attention %s, activation checkpointing %s, compile %s", cfg.model.attention,
+                 cfg.train.activation_checkpointing, "per block" if cfg.train.compile else "off")
         # Every rank draws different noise; the seed offset makes the streams reproducible per rank.
         if self.step == 0:
             torch.manual_seed(cfg.train.seed * 1000 + self.dist.rank + 1)

@@ -1,0 +1,56 @@
+"""Speed features that must not change the math: activation checkpointing (full, selective) and
+per-block torch.compile give the same loss and gradients as the plain model; attention backends
+refuse clearly where they cannot serve."""
+import pytest
+import torch
+
+from rfengine import config, parallel
+from rfengine.models import build_model
+from rfengine.models.attention import check_backend
+from rfengine.objectives import build_objective
+
+
+def _loss_and_grads(ac="none", compiled=False, name="reflexflow"):
+    torch.manual_seed(0)
+    model = build_model("DiT-T/4", in_channels=1, input_size=16, num_classes=10)
+    parallel.apply_ac(model, ac)
+    parallel.apply_compile(model, compiled)
+    obj = build_objective(config.load(None, [f"objective.name={name}"]).objective)
+    g = torch.Generator().manual_seed(1)
+    x1, y = torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+    torch.manual_seed(2)
+    loss, _ = obj.loss(model, x1, y, 0)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("ac", ["full", "selective"])
+def test_activation_checkpointing_keeps_loss_and_gradients(ac):
+    base_loss, base_grads = _loss_and_grads()
+    loss, grads = _loss_and_grads(ac=ac)
+    assert torch.equal(loss, base_loss)
+    for a, b in zip(grads, base_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_per_block_compile_keeps_loss_and_gradients(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    base_loss, base_grads = _loss_and_grads(name="fm")
+    loss, grads = _loss_and_grads(compiled=True, ac="full", name="fm")
+    torch.testing.assert_close(loss, base_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, base_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_attention_backends_agree_and_refuse_clearly():
+    q, k, v = torch.randn(3, 2, 2, 5, 8).unbind(0)
+    from rfengine.models.attention import attention
+    torch.testing.assert_close(attention(q, k, v, "sdpa"), attention(q, k, v, "math"), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError) as e:
+        check_backend("xformers", torch.device("cpu"), 36)
+    msg = str(e.value)
+    assert "runs on CUDA only" in msg and "head size 36" in msg and "Use sdpa" in msg
+    with pytest.raises(ValueError, match="model.attention: expected one of"):
+        check_backend("flash", torch.device("cpu"), 64)
+    check_backend("sdpa", torch.device("cpu"), 36)
