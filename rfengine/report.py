@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-ORDER = ["fm", "fm_equal_wallclock", "ip", "ss", "reflexflow", "adr_only", "fc_only"]
+ORDER = ["fm", "fm_equal_wallclock", "ip", "ss", "reflexflow", "adr_only", "fc_only", "rf_adr_w0.3", "rf_direction",
+         "rf_prob0.5"]
 LABELS = {"fm": "FM (SiT)", "fm_equal_wallclock": "FM, equal wall-clock", "ip": "input perturbation",
           "ss": "scheduled sampling (K=1)", "reflexflow": "ReflexFlow", "adr_only": "ReflexFlow, ADR only",
-          "fc_only": "ReflexFlow, FC only"}
+          "fc_only": "ReflexFlow, FC only", "rf_adr_w0.3": "ReflexFlow, adr.weight 0.3",
+          "rf_direction": "ReflexFlow, adr.loss direction", "rf_prob0.5": "ReflexFlow, adr.prob 0.5"}
 
 
 def _ms(values) -> str:
@@ -124,8 +126,8 @@ def write_report(summary: dict, out: Path, docs: Path) -> None:
     text = [
         "# ReflexFlow on the embedded digits: results",
         "",
-        "Made by `python -m rfengine.study` (" + ("quick smoke run, not evidence" if cfg.get("quick") else
-                                                  "the full study") + f"): unconditional DiT-T/2 on the 16x16 "
+        "Made by `python -m rfengine.study" + (" --ablation" if cfg.get("ablation") else "") +
+        (" --quick` (a smoke run, not evidence)" if cfg.get("quick") else "`") + f": unconditional DiT-T/2 on the 16x16 "
         f"scikit-learn digits, batch {cfg['batch']}, {cfg['steps']} training steps for every method "
         f"(FM also to {cfg['fm_steps_factor']}x for the equal wall-clock row), seeds {cfg['seeds']}, "
         f"{cfg['samples']} Euler samples per score from the EMA weights. FD is measured in the 64-d feature "

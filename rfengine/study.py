@@ -41,7 +41,13 @@ METHODS = {
     "reflexflow": ["objective.name=reflexflow"],
     "adr_only": ["objective.name=reflexflow", "objective.fc.alpha=0"],
     "fc_only": ["objective.name=reflexflow", "objective.adr.weight=0"],
+    # ablations of ReflexFlow's switches (python -m rfengine.study --ablation)
+    "rf_adr_w0.3": ["objective.name=reflexflow", "objective.adr.weight=0.3"],
+    "rf_direction": ["objective.name=reflexflow", "objective.adr.loss=direction"],
+    "rf_prob0.5": ["objective.name=reflexflow", "objective.adr.prob=0.5"],
 }
+MAIN = ["fm", "ip", "ss", "reflexflow", "adr_only", "fc_only"]
+ABLATION = ["fm", "reflexflow", "rf_adr_w0.3", "rf_direction", "rf_prob0.5"]
 BASE = ["model.arch=DiT-T/2", "model.class_conditional=false", "data.name=digits", "optim.lr=1e-3",
         "optim.warmup_steps=50", "optim.ema_decay=0.99", "train.log_every=25", "train.progress=false",
         "train.sample_every=1000000", "train.keep_ckpts=100"]
@@ -51,7 +57,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="ReflexFlow vs baselines on the embedded digits.")
     p.add_argument("--out", default="results/digits")
     p.add_argument("--docs", default="docs/results.md")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=MAIN, choices=list(METHODS))
+    p.add_argument("--ablation", action="store_true",
+                   help="the ablation grid instead: fm and reflexflow reused from --reuse (default "
+                        "results/digits), variants of ReflexFlow's switches trained, seeds 0 1; "
+                        "writes results/digits_ablation and docs/ablation.md")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=500, help="training steps of every method")
     p.add_argument("--batch", type=int, default=64)
@@ -66,6 +76,12 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (e.g. an ablation: objective.fc.cutoff=0.5)")
     a = p.parse_args(argv)
+    if a.ablation:
+        a.methods = ABLATION
+        a.reuse = a.reuse or "results/digits"
+        a.seeds = a.seeds if a.seeds != [0, 1, 2] else [0, 1]
+        a.out = a.out if a.out != "results/digits" else "results/digits_ablation"
+        a.docs = a.docs if a.docs != "docs/results.md" else "docs/ablation.md"
     if a.quick:
         a.steps, a.seeds, a.samples, a.sample_steps, a.bias_steps = 6, [0], 64, [2, 4], 4
     return a
