@@ -74,6 +74,7 @@ def plots(summary: dict, out: Path) -> list[Path]:
         stds = [np.std([r["fd"] for r in rows if r["method"] == m and r["sample_steps"] == k]) for k in steps]
         ax.errorbar(steps, means, yerr=stds, marker="o", capsize=3, label=LABELS[m])
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(steps, [str(k) for k in steps])
     ax.set_xlabel("Euler sampling steps")
     ax.set_ylabel("FD (digit-classifier features)")
