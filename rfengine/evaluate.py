@@ -5,7 +5,7 @@
     # standard FID: Inception-v3 from a local TorchScript file, reference images as an .npz (uint8 NHWC)
     python -m rfengine.evaluate fd --samples S.npz --ref ref.npz --features inception --weights inception-2015-12-05.pt
     # exposure-bias diagnostics of a run (SPEC section 2): curves and spectra as JSON and PNG
-    python -m rfengine.evaluate bias --run runs/tiny --steps 20
+    python -m rfengine.evaluate bias --run-dir runs/tiny --steps 20
 
 Every score is written as JSON next to the samples with the sampler settings read from the sample
 file's metadata (sampler, steps, CFG, weights, count, seed).
@@ -121,7 +121,7 @@ def parse_args(argv=None):
     f.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     f.add_argument("--out", help="JSON output (default: next to the samples)")
     b = sub.add_parser("bias", help="exposure-bias curves and spectra along Euler trajectories")
-    b.add_argument("--run")
+    b.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint)")
     b.add_argument("--ckpt")
     b.add_argument("--weights", default="ema", choices=["ema", "raw"])
     b.add_argument("--ref", default="digits", help="'digits' or an .npz of data images (the x1 of each pair)")

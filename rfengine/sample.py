@@ -86,7 +86,7 @@ def load_model(ckpt_path: str | Path, weights: str = "ema"):
 def _resolve_checkpoint(run: str | None, ckpt: str | None) -> Path:
     from rfengine import checkpoint
     if bool(run) == bool(ckpt):
-        raise ValueError("pass exactly one of --run DIR or --ckpt PATH")
+        raise ValueError("pass exactly one of --run-dir DIR or --ckpt PATH")
     if ckpt:
         return Path(ckpt)
     found = checkpoint.list_checkpoints(Path(run) / "checkpoints")
@@ -101,7 +101,7 @@ def sample_main(argv=None) -> int:
     from tqdm import tqdm
     from rfengine import parallel
     p = argparse.ArgumentParser(description="Sample a trained rfengine model: PNG grid + .npz (uint8 NHWC arr_0).")
-    p.add_argument("--run", help="run folder (its newest checkpoint)")
+    p.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint)")
     p.add_argument("--ckpt", help="a checkpoint file")
     p.add_argument("--weights", default="ema", choices=["ema", "raw"])
     p.add_argument("--method", default="euler", choices=["euler", "heun"])
