@@ -69,7 +69,7 @@ def bias_command(a) -> dict:
         raise ValueError(f"--ref digits needs a model of 1x16x16 inputs; this one takes {shape}: pass --ref X.npz")
     x1 = load_images(a.ref)
     g = torch.Generator().manual_seed(a.seed)
-    idx = torch.randperm(len(x1), generator=g)[: a.num]
+    idx = torch.randperm(len(x1), generator=g)[: a.count]
     x1 = x1[idx]
     if tuple(x1.shape[1:]) != tuple(shape):
         raise ValueError(f"reference images are {tuple(x1.shape[1:])}, the model takes {shape}")
@@ -126,7 +126,7 @@ def parse_args(argv=None):
     b.add_argument("--weights", default="ema", choices=["ema", "raw"])
     b.add_argument("--ref", default="digits", help="'digits' or an .npz of data images (the x1 of each pair)")
     b.add_argument("--steps", type=int, default=20)
-    b.add_argument("--num", type=int, default=256)
+    b.add_argument("--count", type=int, default=256, help="trajectories (data/noise pairs)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out")
     return p.parse_args(argv)

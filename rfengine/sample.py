@@ -100,6 +100,8 @@ def sample_main(argv=None) -> int:
     import json
     from tqdm import tqdm
     from rfengine import parallel
+    # No option may be a prefix of a torchrun option (--run-path, --numa-binding, ...): torchrun's
+    # parser rejects an ambiguous prefix anywhere on the command line, even after the script.
     p = argparse.ArgumentParser(description="Sample a trained rfengine model: PNG grid + .npz (uint8 NHWC arr_0).")
     p.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint)")
     p.add_argument("--ckpt", help="a checkpoint file")
@@ -108,7 +110,7 @@ def sample_main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--shift", type=float, default=1.0)
-    p.add_argument("--num", type=int, default=1000)
+    p.add_argument("--count", type=int, default=1000, help="images to generate")
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default: <run>/eval)")
@@ -118,7 +120,7 @@ def sample_main(argv=None) -> int:
         path = _resolve_checkpoint(a.run, a.ckpt)
         model, cfg, shape = load_model(path, a.weights)
         model.to(dist.device)
-        mine = list(range(dist.rank, a.num, dist.world))  # sample i's noise depends on (seed, i) only
+        mine = list(range(dist.rank, a.count, dist.world))  # sample i's noise depends on (seed, i) only
         imgs, labels = [], []
         chunks = [mine[i:i + a.batch] for i in range(0, len(mine), a.batch)]
         for idx in tqdm(chunks, desc="sample", disable=not dist.is_main):
@@ -139,12 +141,12 @@ def sample_main(argv=None) -> int:
             lab = np.concatenate([y for _, y, _ in parts])[order]
             out = Path(a.out) if a.out else (Path(a.run) if a.run else path.parent.parent) / "eval"
             out.mkdir(parents=True, exist_ok=True)
-            stem = f"samples_{a.weights}_{a.method}{a.steps}_cfg{a.cfg:g}_n{a.num}_seed{a.seed}"
+            stem = f"samples_{a.weights}_{a.method}{a.steps}_cfg{a.cfg:g}_n{a.count}_seed{a.seed}"
             np.savez(out / f"{stem}.npz", arr_0=arr, labels=lab)
             grid = torch.from_numpy(arr[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1
             save_grid(grid, out / f"{stem}.png", nrow=10)
             meta = {"checkpoint": str(path), "weights": a.weights, "method": a.method, "steps": a.steps,
-                    "cfg": a.cfg, "shift": a.shift, "num": a.num, "seed": a.seed, "world": dist.world}
+                    "cfg": a.cfg, "shift": a.shift, "num": a.count, "seed": a.seed, "world": dist.world}
             (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
             print(f"wrote {out / (stem + '.npz')} ({arr.shape}, uint8 NHWC) and a grid")
     finally:

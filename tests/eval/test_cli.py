@@ -24,7 +24,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def test_sample_writes_npz_grid_and_metadata(run_dir, tmp_path):
-    assert sample.sample_main(["--run-dir", str(run_dir), "--num", "7", "--batch", "3", "--steps", "2",
+    assert sample.sample_main(["--run-dir", str(run_dir), "--count", "7", "--batch", "3", "--steps", "2",
                                "--out", str(tmp_path)]) == 0
     stem = "samples_ema_euler2_cfg1_n7_seed0"
     with np.load(tmp_path / f"{stem}.npz") as f:
@@ -39,7 +39,7 @@ def test_sample_writes_npz_grid_and_metadata(run_dir, tmp_path):
 def test_sampling_under_torchrun_gives_the_same_images(run_dir, tmp_path):
     import subprocess
     import sys
-    args = ["--run-dir", str(run_dir), "--num", "6", "--batch", "2", "--steps", "2"]
+    args = ["--run-dir", str(run_dir), "--count", "6", "--batch", "2", "--steps", "2"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert sample.sample_main([*args, "--out", str(one)]) == 0
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -52,7 +52,7 @@ def test_sampling_under_torchrun_gives_the_same_images(run_dir, tmp_path):
 
 
 def test_fd_and_bias_commands(run_dir, tmp_path):
-    assert sample.sample_main(["--run-dir", str(run_dir), "--num", "40", "--steps", "2", "--out", str(tmp_path)]) == 0
+    assert sample.sample_main(["--run-dir", str(run_dir), "--count", "40", "--steps", "2", "--out", str(tmp_path)]) == 0
     npz = tmp_path / "samples_ema_euler2_cfg1_n40_seed0.npz"
     res = evaluate.fd_command(evaluate.parse_args(["fd", "--samples", str(npz), "--ref", "digits"]))
     assert res["fd"] > 0 and res["n_fake"] == 40 and res["n_real"] == 1797
@@ -61,7 +61,7 @@ def test_fd_and_bias_commands(run_dir, tmp_path):
     saved = json.loads(npz.with_name(npz.stem + "_fd_digits.json").read_text())
     assert saved["fd"] == res["fd"]
 
-    assert evaluate.main(["bias", "--run-dir", str(run_dir), "--steps", "4", "--num", "16", "--out", str(tmp_path)]) == 0
+    assert evaluate.main(["bias", "--run-dir", str(run_dir), "--steps", "4", "--count", "16", "--out", str(tmp_path)]) == 0
     bias = json.loads((tmp_path / "exposure_bias_ema_4.json").read_text())
     assert len(bias["paired_error"]) == 4 and (tmp_path / "exposure_bias_ema_4.png").is_file()
 
