@@ -56,3 +56,22 @@ def test_exposure_bias_is_zero_for_the_oracle_velocity_and_grows_without_it():
     lazy = lambda x, t, y: torch.zeros_like(x)  # noqa: E731  never moves: the bias grows every step
     res = exposure_bias(lazy, x0, x1, None, steps=10)
     assert res["paired_error"][0] < 1e-10 and all(b > a for a, b in zip(res["paired_error"], res["paired_error"][1:]))
+
+
+def test_inception_extractor_loads_a_local_torchscript_file(tmp_path):
+    """The real weights cannot be fetched here: a stand-in with the same interface checks the path
+    (uint8 NCHW at 299x299 in, `return_features=True` -> (N, 2048))."""
+    from rfengine.eval import InceptionFeatures
+
+    class Stub(torch.nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            assert x.dtype == torch.uint8 and x.shape[1:] == (3, 299, 299)
+            f = x.float().mean((2, 3))
+            return f.repeat(1, 683)[:, :2048] if return_features else f
+
+    path = tmp_path / "inception.pt"
+    torch.jit.script(Stub()).save(str(path))
+    feats = InceptionFeatures(path)(torch.rand(3, 1, 16, 16) * 2 - 1)
+    assert feats.shape == (3, 2048) and np.isfinite(feats).all()
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        InceptionFeatures(tmp_path / "missing.pt")
