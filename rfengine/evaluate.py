@@ -26,8 +26,7 @@ def load_images(spec: str) -> torch.Tensor:
     """'digits' (the embedded set) or an .npz with arr_0 uint8 (N, H, W, C) -> (N, C, H, W) in [-1, 1]."""
     if spec == "digits":
         from rfengine.data.digits import DigitsDataset
-        ds = DigitsDataset(16)
-        return torch.stack([ds[i][0] for i in range(len(ds))])
+        return DigitsDataset(16).images
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"images not found: {path} (expected 'digits' or an .npz with arr_0)")
@@ -65,8 +64,6 @@ def bias_command(a) -> dict:
     from rfengine.sample import _resolve_checkpoint, load_model
     path = _resolve_checkpoint(a.run, a.ckpt)
     model, cfg, shape = load_model(path, a.weights)
-    if a.ref == "digits" and shape != (1, 16, 16):
-        raise ValueError(f"--ref digits needs a model of 1x16x16 inputs; this one takes {shape}: pass --ref X.npz")
     x1 = load_images(a.ref)
     g = torch.Generator().manual_seed(a.seed)
     idx = torch.randperm(len(x1), generator=g)[: a.count]

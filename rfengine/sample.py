@@ -133,7 +133,7 @@ def sample_main(argv=None) -> int:
                          cfg_scale=a.cfg, shift=a.shift, device=dist.device, null_class=model.null_class,
                          noise=noise)
             imgs.append(to_uint8(x))
-            labels.append(np.asarray(idx) % max(model.num_classes, 1) if model.num_classes else np.zeros(len(idx), int))
+            labels.append(np.asarray(idx) % model.num_classes if model.num_classes else np.zeros(len(idx), int))
         parts = parallel.all_gather_object((np.concatenate(imgs), np.concatenate(labels), mine))
         if dist.is_main:
             order = np.argsort(np.concatenate([m for _, _, m in parts]))

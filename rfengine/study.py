@@ -29,8 +29,7 @@ from rfengine import checkpoint, config as config_lib
 from rfengine.data.digits import DigitsDataset
 from rfengine.eval import DigitsFeatures, feature_stats, frechet_distance, precision_recall
 from rfengine.eval.diagnostics import exposure_bias
-from rfengine.models import build_model
-from rfengine.sample import generate, save_grid
+from rfengine.sample import generate, load_model, save_grid
 
 log = logging.getLogger("rfengine")
 
@@ -91,22 +90,13 @@ def parse_args(argv=None):
 # One run: train, then score
 # ---------------------------------------------------------------------------------------------
 
-def train_run(args, method: str, seed: int, steps: int, ckpt_every: int) -> dict:
+def train_run(args, method: str, seed: int, steps: int, ckpt_every: int) -> None:
     from rfengine.trainer import Trainer
     out = Path(args.out) / "runs" / f"{method}_s{seed}"
     overrides = [*BASE, *METHODS[method], *args.overrides, f"train.seed={seed}", f"train.steps={steps}",
                  f"train.batch_size={args.batch}", f"train.ckpt_every={ckpt_every}", f"train.out_dir={out}"]
     cfg = config_lib.load(None, overrides)
-    summary = Trainer(cfg, resume="auto").run()
-    return {"out": str(out), "seconds": summary.get("seconds"), "steps": steps}
-
-
-def load_ema(ckpt_path: Path):
-    ckpt = checkpoint.load(ckpt_path)
-    cfg = config_lib.from_dict(ckpt["config"])
-    model = build_model(cfg.model.arch, in_channels=1, input_size=16, num_classes=0)
-    checkpoint.load_model_state(model, ckpt["ema"], f"checkpoint {ckpt_path} (EMA)")
-    return model.eval(), int(ckpt["step"])
+    Trainer(cfg, resume="auto").run()
 
 
 def score(model, args, feats: DigitsFeatures, real_feats: np.ndarray, real_x: torch.Tensor) -> dict:
@@ -146,8 +136,8 @@ def _run_and_score(args, method, seed, feats, real_feats, real_x) -> list[dict]:
     t0 = time.perf_counter()
     train_run(args, method, seed, steps, ckpt_every)
     sec_per_step = timing(run_dir) * args.batch
-    model, step = load_ema(checkpoint.checkpoint_path(run_dir / "checkpoints", args.steps))
-    rows = _rows(method, seed, step, sec_per_step, score(model, args, feats, real_feats, real_x))
+    model, _, _ = load_model(checkpoint.checkpoint_path(run_dir / "checkpoints", args.steps), "ema")
+    rows = _rows(method, seed, args.steps, sec_per_step, score(model, args, feats, real_feats, real_x))
     x = generate(model, shape=(1, 16, 16), n=100, labels=None, steps=20, seed=1).clamp(-1, 1)
     save_grid(x, Path(args.out) / "grids" / f"{method}_s{seed}.png", nrow=10)
     cached.write_text(json.dumps(rows))
@@ -181,7 +171,7 @@ def _fm_equal_wallclock(args, seed, rows, feats, real_feats, real_x) -> list[dic
     budget = rf[0]["train_seconds"]
     ckpts = checkpoint.list_checkpoints(run_dir / "checkpoints")
     step, path = min(ckpts, key=lambda c: abs(c[0] * fm[0]["sec_per_step"] - budget))
-    model, step = load_ema(path)
+    model, _, _ = load_model(path, "ema")
     out = _rows("fm_equal_wallclock", seed, step, fm[0]["sec_per_step"], score(model, args, feats, real_feats, real_x))
     cached.write_text(json.dumps(out))
     return out
@@ -193,7 +183,7 @@ def run_study(args) -> dict:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     feats = DigitsFeatures()
     ds = DigitsDataset(16)
-    real_x = torch.stack([ds[i][0] for i in range(len(ds))])
+    real_x = ds.images
     real_feats = feats(real_x)
     rows = []
     with tqdm(total=len(args.seeds) * len(args.methods), desc="study", dynamic_ncols=True) as bar:

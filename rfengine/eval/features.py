@@ -63,8 +63,7 @@ class DigitsFeatures:
     def _train(self, seed: int) -> float:
         from rfengine.data.digits import DigitsDataset
         ds = DigitsDataset(16)
-        x = torch.stack([ds[i][0] for i in range(len(ds))])
-        y = torch.tensor([ds[i][1] for i in range(len(ds))])
+        x, y = ds.images, ds.labels
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(len(ds), generator=g)
         test, train = perm[:300], perm[300:]

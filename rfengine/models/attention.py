@@ -28,8 +28,9 @@ def check_backend(backend: str, device: torch.device, head_dim: int) -> None:
     why = []
     if torch.device(device).type != "cuda":
         why.append(f"it runs on CUDA only (device is {device})")
-    if _xformers()[0] is None:
-        why.append(_xformers()[1])
+    xops, not_importable = _xformers()
+    if xops is None:
+        why.append(not_importable)
     if head_dim > 256 or head_dim % 8:
         why.append(f"head size {head_dim} is unsupported (needs a multiple of 8, at most 256)")
     if why:
