@@ -19,6 +19,7 @@ setup(
         "scikit-learn",
         "scipy",
         "matplotlib",
+        "safetensors",  # EMA weight export
     ],
     extras_require={
         "dev": ["pytest", "pytest-benchmark"],

@@ -1,30 +1,44 @@
-"""Checkpoints: atomic writes, discovery of the newest complete one, pruning, and state-dict
-loading that names every mismatch.
+"""Checkpoints: atomic writes, discovery of the newest complete one, pruning, state-dict loading
+that names every mismatch, sharded (FSDP) checkpoints and a safetensors weight export.
 
-A checkpoint is one file `checkpoints/step_XXXXXXXX.pt` holding a dict: step, model, ema,
-optimizer, scheduler, rng (one entry per rank), config, code_version, world_size. It is written to
-a hidden temporary name, flushed and fsynced, then renamed over the final name and the folder
-fsynced, so a crash leaves either the old set of checkpoints or the new one, never a torn file
-under a checkpoint name.
+Two formats, both written under a hidden temporary name and renamed into place only when complete
+(then the folder is fsynced), so a crash leaves either the old set of checkpoints or the new one:
+- `checkpoints/step_XXXXXXXX.pt` (parallel.mode=ddp): one file holding a dict: step, model, ema,
+  optimizer, scheduler, rng (one entry per rank), config, code_version, world_size, ...
+- `checkpoints/step_XXXXXXXX/` (parallel.mode=fsdp): a `torch.distributed.checkpoint` folder, each
+  process writing its own shards of model, ema and optimizer (keyed by parameter name, so it loads
+  on any number of processes), plus `meta.pt` with everything else.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 log = logging.getLogger("rfengine")
-_NAME = re.compile(r"^step_(\d{8})\.pt$")
+_NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
+META = "meta.pt"  # the non-tensor part of a sharded checkpoint
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def checkpoint_path(folder: str | Path, step: int) -> Path:
-    return Path(folder) / f"step_{step:08d}.pt"
+def checkpoint_path(folder: str | Path, step: int, sharded: bool = False) -> Path:
+    return Path(folder) / (f"step_{step:08d}" if sharded else f"step_{step:08d}.pt")
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def save_atomic(obj, path: str | Path, before_rename=None) -> Path:
@@ -44,12 +58,64 @@ def save_atomic(obj, path: str | Path, before_rename=None) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
     return path
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def _one_process_ok():
+    """DCP warns when it runs without a process group; one process reading or writing is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, before_rename=None) -> Path:
+    """Collective: every process writes its shards of `tensors` (nested state dicts of DTensors or
+    plain tensors) with torch.distributed.checkpoint into a hidden folder; rank 0 adds `meta.pt`
+    and renames the folder into place once all shards are on disk."""
+    import torch.distributed.checkpoint as dcp
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-dcp")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    with _one_process_ok():
+        dcp.save(tensors, checkpoint_id=str(tmp))  # files are fsynced by the writer
+    _barrier()
+    if is_main:
+        with open(tmp / META, "wb") as f:
+            torch.save(meta, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if before_rename is not None:
+            before_rename(tmp)
+        if path.exists():  # the same step saved again (a resumed run): replace it whole
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    _barrier()
+    return path
+
+
+def load_sharded(path: str | Path, tensors: dict) -> dict:
+    """Fill `tensors` (nested state dicts laid out for this run: sharded or not, any process count)
+    in place from a sharded checkpoint; a key or shape mismatch raises a ValueError naming it."""
+    import torch.distributed.checkpoint as dcp
+    try:
+        with _one_process_ok():
+            dcp.load(tensors, checkpoint_id=str(path))
+    except Exception as e:  # DCP wraps per-rank failures in CheckpointException
+        raise ValueError(f"checkpoint {path} does not match this model: {type(e).__name__}: {e}") from e
+    return tensors
 
 
 def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -62,8 +128,20 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
 
 
 def load(path: str | Path) -> dict:
-    """Read a checkpoint onto the CPU; a missing, truncated or foreign file raises a ValueError naming it."""
+    """Read a checkpoint onto the CPU; a missing, truncated or foreign file raises a ValueError naming it.
+    For a sharded checkpoint this is its `meta.pt` plus `sharded: <folder>`; the tensors are read with
+    `load_sharded` into the layout of the run that resumes."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / ".metadata").is_file() or not (path / META).is_file():
+            raise ValueError(f"checkpoint {path} is not a complete sharded checkpoint (no .metadata or {META})")
+        try:
+            meta = torch.load(path / META, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise ValueError(f"checkpoint {path}/{META} is corrupt ({type(e).__name__}: {e})") from e
+        if not isinstance(meta, dict) or "step" not in meta:
+            raise ValueError(f"checkpoint {path} is not an rfengine training checkpoint (no step)")
+        return {**meta, "sharded": str(path)}
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
     try:
@@ -88,9 +166,12 @@ def latest(folder: str | Path) -> tuple[Path, dict] | None:
 def remove_temporaries(folder: str | Path) -> list[Path]:
     """Delete temporary files left by a writer that was killed mid-write; returns what was removed."""
     folder = Path(folder)
-    gone = sorted(folder.glob(".step_*.pt.tmp-*")) if folder.is_dir() else []
+    gone = sorted(folder.glob(".step_*.tmp-*")) if folder.is_dir() else []
     for p in gone:
-        p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
         log.warning("removed an incomplete checkpoint left by a crashed writer: %s", p.name)
     return gone
 
@@ -98,7 +179,10 @@ def remove_temporaries(folder: str | Path) -> list[Path]:
 def prune(folder: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints."""
     for _, path in list_checkpoints(folder)[:-keep]:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def strip_prefixes(state: dict) -> dict:
@@ -147,3 +231,49 @@ def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight export: one safetensors file that loads into a single-process model
+# ---------------------------------------------------------------------------------------------
+
+def export_safetensors(state: dict, path: str | Path, metadata: dict) -> Path:
+    """Write full (unsharded) weights atomically as safetensors; `metadata` (JSON-able) goes into the
+    header under `rfengine` so that the file alone rebuilds the model."""
+    import json
+
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(state).items()}
+    try:
+        save_file(tensors, str(tmp), metadata={"rfengine": json.dumps(metadata)})
+        os.chmod(tmp, 0o644)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_safetensors(path: str | Path) -> tuple[dict, dict]:
+    """(state dict, rfengine metadata) from a file written by `export_safetensors`."""
+    import json
+
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("rfengine", "null"))
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} has no rfengine metadata; it was not written by rfengine's export")
+    return state, meta

@@ -136,8 +136,9 @@ class SampleConfig:
 
 @dataclass
 class ParallelConfig:
-    """How processes cooperate; one process is `ddp` with world size 1."""
-    mode: Literal["ddp"] = "ddp"
+    """How processes cooperate: `ddp` replicates the model (single-file checkpoints); `fsdp` shards
+    parameters, gradients, optimizer state and EMA per DiT block (FSDP2; sharded checkpoints)."""
+    mode: Literal["ddp", "fsdp"] = "ddp"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
 
 

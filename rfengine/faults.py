@@ -2,7 +2,8 @@
 SIGKILL at a named point of step `<step>`, exactly as a machine loss or an OOM killer would.
 
 Points: `after_step` (after the optimizer step, before logging), `checkpoint_write` (the checkpoint's
-temporary file is half written, not yet renamed). Unset in normal runs; reading it costs nothing.
+temporary file, or every file of a sharded checkpoint's
+temporary folder, is half written, not yet renamed). Unset in normal runs; reading it costs nothing.
 """
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ def maybe_crash(point: str, step: int, partial_file: Path | None = None) -> None
     if not armed(point, step):
         return
     if partial_file is not None and partial_file.exists():
-        with open(partial_file, "r+b") as f:
-            f.truncate(partial_file.stat().st_size // 2)
-            f.flush()
-            os.fsync(f.fileno())
+        files = sorted(partial_file.iterdir()) if partial_file.is_dir() else [partial_file]  # sharded: every file
+        for path in files:
+            with open(path, "r+b") as f:
+                f.truncate(path.stat().st_size // 2)
+                f.flush()
+                os.fsync(f.fileno())
     kill_now()

@@ -32,7 +32,10 @@ def warmup_schedule(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.La
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay*ema + (1 - decay)*model over trainable parameters."""
-    pairs = [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
+    """ema <- decay*ema + (1 - decay)*model over trainable parameters. Under FSDP both are sharded
+    the same way and each process updates its own shards (no communication)."""
+    def local(t):
+        return t.to_local() if hasattr(t, "to_local") else t
+    pairs = [(local(e), local(p.detach())) for e, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
     if pairs:
-        torch._foreach_lerp_([e for e, _ in pairs], [p.detach() for _, p in pairs], 1.0 - decay)
+        torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1.0 - decay)

@@ -37,8 +37,10 @@ def init_distributed(backend: str = "auto") -> Dist:
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
-# The wrapping order is fixed: activation checkpointing, then compile, then the data-parallel wrapper
-# (each works on the blocks the previous one left in place).
+# The wrapping order is fixed: activation checkpointing, then compile per block, then the data-parallel
+# wrapper (DDP around the whole model, or FSDP2 per block and then the root). Each step works on the
+# blocks the previous one left in place: checkpointing wraps a block's forward, compile compiles the
+# block with that forward, and FSDP's all-gather hooks run around the compiled call.
 
 def apply_ac(model: torch.nn.Module, mode: str) -> None:
     """Activation checkpointing of every DiT block, in place. `full`: keep only each block's input
@@ -84,6 +86,52 @@ def apply_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
         return model
     ids = [d.device.index] if d.device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def apply_fsdp(model: torch.nn.Module, d: Dist, precision: str, name: str = "model") -> torch.nn.Module:
+    """FSDP2: `fully_shard` every DiT block, then the root, over all processes (in place).
+
+    bf16 runs keep fp32 master weights and gather bf16 copies for compute (`param_dtype`), with
+    gradients reduced in fp32 (`reduce_dtype`). The root does not cast its inputs: the timestep t
+    stays fp32 into its sinusoidal embedding, and autocast decides the precision of each op there,
+    exactly as under DDP. One process: the model is returned as it is (nothing to shard)."""
+    if d.world == 1:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(d.device.type, (d.world,))
+    param_dtype = torch.bfloat16 if precision == "bf16" else None
+    block_mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    root_mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=block_mp)
+    fully_shard(model, mesh=mesh, mp_policy=root_mp)
+    return model
+
+
+def wrap(model: torch.nn.Module, d: Dist, mode: str, precision: str) -> torch.nn.Module:
+    """The data-parallel wrapper for `parallel.mode`: DDP (returns the wrapper) or FSDP2 (in place)."""
+    if mode == "fsdp":
+        return apply_fsdp(model, d, precision)
+    if mode == "ddp":
+        return apply_ddp(model, d)
+    raise ValueError(f"parallel.mode: expected ddp or fsdp, got {mode!r}")
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 has sharded this model's parameters (they are DTensors)."""
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor; a plain tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole value of a DTensor (a collective); a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:

@@ -58,18 +58,26 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 8, upscale: int | N
 # ---------------------------------------------------------------------------------------------
 
 def load_model(ckpt_path: str | Path, weights: str = "ema"):
-    """(model in eval mode, config, data shape (C, H, W)) from a training checkpoint; `weights` is
-    'ema' or 'raw'. The shape and class count come from the checkpoint (older checkpoints: from the
-    position embedding, assuming square inputs)."""
+    """(model in eval mode, config, data shape (C, H, W)) from a training checkpoint (a `.pt` file or
+    a sharded checkpoint folder, read on one process) or an exported `.safetensors` file; `weights`
+    is 'ema' or 'raw'. The shape and class count come from the checkpoint (older checkpoints: from
+    the position embedding, assuming square inputs)."""
     from rfengine import checkpoint, config as config_lib
     from rfengine.models import build_model
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights: expected 'ema' or 'raw', got {weights!r}")
-    ckpt = checkpoint.load(ckpt_path)
-    cfg = config_lib.from_dict(ckpt["config"])
-    state = checkpoint.strip_prefixes(ckpt["ema" if weights == "ema" else "model"])
-    if "data_shape" in ckpt:
-        shape, num_classes = tuple(ckpt["data_shape"]), int(ckpt["num_classes"])
+    path = Path(ckpt_path)
+    key = "ema" if weights == "ema" else "model"
+    if path.suffix == ".safetensors":
+        state, meta = checkpoint.load_safetensors(path)
+        if meta.get("weights", "ema") != weights:
+            raise ValueError(f"{path} holds the {meta.get('weights')} weights, not {weights!r}")
+    else:
+        meta = checkpoint.load(path)
+        state = None if "sharded" in meta else checkpoint.strip_prefixes(meta[key])
+    cfg = config_lib.from_dict(meta["config"])
+    if "data_shape" in meta:
+        shape, num_classes = tuple(meta["data_shape"]), int(meta["num_classes"])
     else:
         hidden, c, p, _ = state["x_embedder.proj.weight"].shape
         side = int(round(state["pos_embed"].shape[1] ** 0.5)) * p
@@ -79,6 +87,8 @@ def load_model(ckpt_path: str | Path, weights: str = "ema"):
     model = build_model(cfg.model.arch, in_channels=shape[0], input_size=shape[1:], num_classes=num_classes,
                         learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout,
                         attention=cfg.model.attention)
+    if state is None:  # sharded: read the whole tensors into this one-process model
+        state = checkpoint.load_sharded(meta["sharded"], {key: model.state_dict()})[key]
     checkpoint.load_model_state(model, state, f"checkpoint {ckpt_path} ({weights})")
     return model.eval(), cfg, shape
 
@@ -104,7 +114,7 @@ def sample_main(argv=None) -> int:
     # parser rejects an ambiguous prefix anywhere on the command line, even after the script.
     p = argparse.ArgumentParser(description="Sample a trained rfengine model: PNG grid + .npz (uint8 NHWC arr_0).")
     p.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint)")
-    p.add_argument("--ckpt", help="a checkpoint file")
+    p.add_argument("--ckpt", help="a checkpoint (.pt file or sharded folder) or exported .safetensors")
     p.add_argument("--weights", default="ema", choices=["ema", "raw"])
     p.add_argument("--method", default="euler", choices=["euler", "heun"])
     p.add_argument("--steps", type=int, default=50)

@@ -82,24 +82,29 @@ class Trainer:
                                  learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout,
                                  attention=cfg.model.attention).to(self.dist.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        check_attention(cfg.model.attention, self.dist.device, self.model.blocks[0].attn.head_dim)
+        self.sharded = cfg.parallel.mode == "fsdp"
+        # Fixed order: activation checkpointing, then per-block compile, then the data-parallel wrapper
+        # (DDP around the model, or FSDP2 per block and then the root; the EMA is sharded the same way).
+        parallel.apply_ac(self.model, cfg.train.activation_checkpointing)
+        parallel.apply_compile(self.model, cfg.train.compile)
+        self.ddp_model = parallel.wrap(self.model, self.dist, cfg.parallel.mode, cfg.train.precision)
+        if self.sharded:
+            parallel.apply_fsdp(self.ema, self.dist, "fp32")
+        # The optimizer comes after sharding: FSDP2 replaces the parameters with sharded ones.
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim, self.dist.device)
         self.scheduler = warmup_schedule(self.optimizer, cfg.optim.warmup_steps)
         self.objective = build_objective(cfg.objective, metrics_every=cfg.train.log_every)
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("model %s: %.2fM parameters, input %s, %d classes; objective %s",
                  cfg.model.arch, n_params / 1e6, self.dataset.shape, num_classes, cfg.objective.name)
+        log.info("parallel %s, attention %s, activation checkpointing %s, compile %s", cfg.parallel.mode,
+                 cfg.model.attention, cfg.train.activation_checkpointing, "per block" if cfg.train.compile else "off")
 
         self.step = 0
         self.batches = 0  # batches drawn so far, skipped (non-finite) steps included: the data position
         self.last_finite_loss = float("nan")
         self._resume(resume)
-        check_attention(cfg.model.attention, self.dist.device, self.model.blocks[0].attn.head_dim)
-        # Fixed order: activation checkpointing, then per-block compile, then the DDP wrapper.
-        parallel.apply_ac(self.model, cfg.train.activation_checkpointing)
-        parallel.apply_compile(self.model, cfg.train.compile)
-        self.ddp_model = parallel.apply_ddp(self.model, self.dist)
-        log.info("attention %s, activation checkpointing %s, compile %s", cfg.model.attention,
-                 cfg.train.activation_checkpointing, "per block" if cfg.train.compile else "off")
         # Every rank draws different noise; the seed offset makes the streams reproducible per rank.
         if self.step == 0:
             torch.manual_seed(cfg.train.seed * 1000 + self.dist.rank + 1)
@@ -122,9 +127,16 @@ class Trainer:
         else:
             path = Path(resume)
             ckpt = checkpoint.load(path)
-        checkpoint.load_model_state(self.model, ckpt["model"], f"checkpoint {path}")
-        checkpoint.load_model_state(self.ema, ckpt["ema"], f"checkpoint {path} (EMA)")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "sharded" in ckpt:
+            self._load_sharded(ckpt["sharded"])
+        elif self.sharded and self.dist.world > 1:
+            raise ValueError(f"checkpoint {path} is a single-file (parallel.mode=ddp) checkpoint; parallel.mode=fsdp "
+                             f"with {self.dist.world} processes resumes from sharded checkpoints only. Resume it "
+                             "with parallel.mode=ddp (or on one process), then switch at the next checkpoint.")
+        else:
+            checkpoint.load_model_state(self.model, ckpt["model"], f"checkpoint {path}")
+            checkpoint.load_model_state(self.ema, ckpt["ema"], f"checkpoint {path} (EMA)")
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
         self.batches = int(ckpt.get("batches", self.step))
@@ -138,26 +150,59 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed * 1000 + self.dist.rank + 1 + 7919 * self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
+    def _sharded_state(self) -> dict:
+        """Model, EMA and optimizer state keyed by parameter name, as this run lays them out (sharded
+        DTensors under FSDP, plain tensors otherwise): what torch.distributed.checkpoint saves and fills."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        return {"model": get_model_state_dict(self.model), "ema": get_model_state_dict(self.ema),
+                "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+
+    def _load_sharded(self, path: str) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+        state = checkpoint.load_sharded(path, self._sharded_state())
+        set_model_state_dict(self.model, state["model"])
+        set_model_state_dict(self.ema, state["ema"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+
+    def _meta(self) -> dict:
+        """What rebuilds the model from its weights alone."""
+        return {"step": self.step, "config": config_lib.to_dict(self.cfg), "code_version": code_version(),
+                "data_shape": list(self.dataset.shape), "num_classes": self.model.num_classes}
+
     def save_checkpoint(self) -> Path | None:
         rng = parallel.all_gather_object(checkpoint.capture_rng())
+        step = self.step
+        state = {**self._meta(), "batches": self.batches, "scheduler": self.scheduler.state_dict(), "rng": rng,
+                 "world_size": self.dist.world, "last_finite_loss": self.last_finite_loss}
+        folder = self.out / "checkpoints"
+        crash = lambda tmp: faults.maybe_crash("checkpoint_write", step, tmp)  # noqa: E731
+        path = None
+        if self.sharded:  # every process writes its shards
+            path = checkpoint.save_sharded(self._sharded_state(), {**state, "format": "dcp"},
+                                           checkpoint.checkpoint_path(folder, step, sharded=True),
+                                           self.dist.is_main, before_rename=crash)
+        elif self.dist.is_main:
+            state.update(model=self.model.state_dict(), ema=self.ema.state_dict(),
+                         optimizer=self.optimizer.state_dict())
+            path = checkpoint.save_atomic(state, checkpoint.checkpoint_path(folder, step), before_rename=crash)
+        if self.dist.is_main:
+            checkpoint.prune(folder, self.cfg.train.keep_ckpts)
+        parallel.barrier()
+        return path
+
+    def export_ema(self) -> Path | None:
+        """The full EMA weights as one safetensors file (`<out>/ema.safetensors`) that loads into a
+        single-process model (`rfengine.sample.load_model`); gathered from the shards under FSDP."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        state = get_model_state_dict(self.ema, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         path = None
         if self.dist.is_main:
-            state = {
-                "step": self.step, "batches": self.batches, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng, "config": config_lib.to_dict(self.cfg), "code_version": code_version(),
-                "world_size": self.dist.world, "last_finite_loss": self.last_finite_loss,
-                "data_shape": list(self.dataset.shape), "num_classes": self.model.num_classes,
-            }
-            step = self.step
-            path = checkpoint.save_atomic(state, checkpoint.checkpoint_path(self.out / "checkpoints", step),
-                                          before_rename=lambda tmp: faults.maybe_crash("checkpoint_write", step, tmp))
-            checkpoint.prune(self.out / "checkpoints", self.cfg.train.keep_ckpts)
+            path = checkpoint.export_safetensors(state, self.out / "ema.safetensors", {**self._meta(), "weights": "ema"})
         parallel.barrier()
         return path
 
     def save_samples(self) -> Path | None:
-        if not self.dist.is_main:
+        if not (self.dist.is_main or self.sharded):  # a sharded EMA needs every process for a forward
             return None
         s = self.cfg.sample
         n = s.num_images
@@ -167,6 +212,8 @@ class Trainer:
         x = generate(self.ema, shape=self.dataset.shape, n=n, labels=labels, method=s.method, steps=s.steps,
                      cfg_scale=s.cfg_scale, shift=s.shift, seed=self.cfg.train.seed, device=self.dist.device,
                      null_class=self.model.null_class)
+        if not self.dist.is_main:
+            return None
         return save_grid(x, self.out / "samples" / f"step_{self.step:08d}.png", nrow=min(n, 10))
 
     # -------------------------------------------------------------------------------------------
@@ -190,7 +237,7 @@ class Trainer:
             loss, metrics = self.objective.loss(self.ddp_model, x1, y, self.step)
         loss.backward()
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = parallel.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         flags = torch.stack([(~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float(),
                              torch.tensor(float(self._stop.requested), device=loss.device)])
         flags = parallel.all_reduce(flags.to(self.dist.device), op=torch.distributed.ReduceOp.MAX)
@@ -271,6 +318,7 @@ class Trainer:
             if last_loss is not None:
                 self.last_finite_loss = float(last_loss)
             self.save_checkpoint()
+            self.export_ema()
             grid = self.save_samples()
             elapsed = time.perf_counter() - t0
             log.info("done: %d steps in %.1f s (%.3f s/step); samples %s", self.step - start, elapsed,
