@@ -17,8 +17,8 @@ RUN = [*TINY, f"train.steps={STEPS}", "train.ckpt_every=4", "train.keep_ckpts=2"
        "data.flip=true", "model.class_dropout=0.3"]
 
 
-def _launch(nproc, out, *extra, env=None):
-    args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}"), *extra]
+def _launch(nproc, out, *extra, env=None, mode="ddp"):
+    args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}"), *extra]
     if nproc == 1:
         return train_cli(*args, env=env)
     return torchrun(nproc, *args, env=env)
@@ -29,14 +29,14 @@ def reference(tmp_path_factory):
     """Uninterrupted runs, one per process count, shared by the tests."""
     cache = {}
 
-    def get(nproc):
-        if nproc not in cache:
-            out = tmp_path_factory.mktemp(f"straight{nproc}")
-            r = _launch(nproc, out)
+    def get(nproc, mode="ddp"):
+        if (nproc, mode) not in cache:
+            out = tmp_path_factory.mktemp(f"straight{nproc}{mode}")
+            r = _launch(nproc, out, mode=mode)
             assert r.returncode == 0, r.stderr[-3000:]
-            cache[nproc] = losses(out)
-            assert sorted(cache[nproc]) == list(range(1, STEPS + 1))
-        return cache[nproc]
+            cache[nproc, mode] = losses(out)
+            assert sorted(cache[nproc, mode]) == list(range(1, STEPS + 1))
+        return cache[nproc, mode]
     return get
 
 
@@ -47,25 +47,27 @@ def _assert_same(resumed_dir, straight):
         assert got[step] == straight[step], f"step {step}: resumed {got[step]} != uninterrupted {straight[step]}"
 
 
-@pytest.mark.parametrize("nproc, fault, resumed_from", [
-    (1, "after_step@6", 4),        # killed between checkpoints: steps 5-6 are redone
-    (1, "checkpoint_write@8", 4),  # killed with step 8's checkpoint half written: it is never used
-    (2, "after_step@6", 4),
-    (2, "checkpoint_write@8", 4),
+@pytest.mark.parametrize("nproc, fault, resumed_from, mode", [
+    (1, "after_step@6", 4, "ddp"),        # killed between checkpoints: steps 5-6 are redone
+    (1, "checkpoint_write@8", 4, "ddp"),  # killed with step 8's checkpoint half written: it is never used
+    (2, "after_step@6", 4, "ddp"),
+    (2, "checkpoint_write@8", 4, "ddp"),
+    (2, "checkpoint_write@8", 4, "fsdp"),  # sharded: every file of the folder half written
 ])
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, reference, nproc, fault, resumed_from):
-    straight = reference(nproc)
-    crashed = _launch(nproc, tmp_path, env={"RFENGINE_FAULT": fault})
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, reference, nproc, fault, resumed_from, mode):
+    straight = reference(nproc, mode)
+    crashed = _launch(nproc, tmp_path, env={"RFENGINE_FAULT": fault}, mode=mode)
     assert crashed.returncode != 0, "the fault should have killed the run"
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     if fault.startswith("checkpoint_write"):
         assert any(".tmp-" in name for name in ckpts), ckpts  # the torn temporary file is there
     assert max(r["step"] for r in read_metrics(tmp_path)) >= resumed_from
 
-    resumed = _launch(nproc, tmp_path, "--resume", "auto")
+    resumed = _launch(nproc, tmp_path, "--resume", "auto", mode=mode)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = (tmp_path / "log.txt").read_text()
-    assert f"step_{resumed_from:08d}.pt at step {resumed_from}" in log
+    name = f"step_{resumed_from:08d}" + (".pt" if mode == "ddp" else "")
+    assert f"{name} at step {resumed_from}" in log
     if fault.startswith("checkpoint_write"):
         assert "removed an incomplete checkpoint" in log
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if ".tmp-" in p.name]
