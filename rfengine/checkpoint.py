@@ -110,11 +110,16 @@ def load_sharded(path: str | Path, tensors: dict) -> dict:
     """Fill `tensors` (nested state dicts laid out for this run: sharded or not, any process count)
     in place from a sharded checkpoint; a key or shape mismatch raises a ValueError naming it."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
     try:
         with _one_process_ok():
             dcp.load(tensors, checkpoint_id=str(path))
-    except Exception as e:  # DCP wraps per-rank failures in CheckpointException
-        raise ValueError(f"checkpoint {path} does not match this model: {type(e).__name__}: {e}") from e
+    except (Exception, CheckpointException) as e:
+        failures = getattr(e, "failures", None)  # DCP gathers each rank's exception
+        first = next(iter(failures.values())) if failures else e
+        if isinstance(first, tuple):  # (exception, traceback frames)
+            first = first[0]
+        raise ValueError(f"checkpoint {path} does not match this model: {type(first).__name__}: {first}") from e
     return tensors
 
 

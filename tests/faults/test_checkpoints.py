@@ -86,3 +86,50 @@ def test_keep_ckpts_prunes_old_ones(tmp_path):
     Trainer(tiny_cfg(tmp_path, "train.steps=6", "train.ckpt_every=1", "train.keep_ckpts=2")).run()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000005.pt", "step_00000006.pt"]
     assert len(read_metrics(tmp_path)) == 6
+
+
+def _sharded(folder, step, value=1.0):
+    """A one-process sharded checkpoint of a small tensor dict."""
+    return checkpoint.save_sharded({"model": {"w": torch.full((3, 5), value)}}, {"step": step},
+                                   checkpoint.checkpoint_path(folder, step, sharded=True), is_main=True)
+
+
+def test_sharded_checkpoints_round_trip_and_incomplete_folders_are_skipped(tmp_path, caplog):
+    _sharded(tmp_path, 2, 2.0)
+    _sharded(tmp_path, 4, 4.0)
+    target = {"model": {"w": torch.zeros(3, 5)}}
+    checkpoint.load_sharded(tmp_path / "step_00000004", target)
+    assert torch.equal(target["model"]["w"], torch.full((3, 5), 4.0))
+    # A folder with a checkpoint's name but without DCP metadata (not from our atomic rename) is skipped.
+    (tmp_path / "step_00000006").mkdir()
+    (tmp_path / "step_00000006" / "meta.pt").write_bytes(b"x")
+    (tmp_path / ".step_00000008.tmp-dcp").mkdir()  # left by a killed writer
+    path, meta = checkpoint.latest(tmp_path)
+    assert path.name == "step_00000004" and meta["step"] == 4 and meta["sharded"] == str(path)
+    assert "not a complete sharded checkpoint" in caplog.text
+    assert [p.name for p in checkpoint.remove_temporaries(tmp_path)] == [".step_00000008.tmp-dcp"]
+    checkpoint.prune(tmp_path, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000006"]
+
+
+def test_sharded_checkpoint_from_another_model_is_named(tmp_path):
+    _sharded(tmp_path, 2)
+    with pytest.raises(ValueError, match="does not match this model"):
+        checkpoint.load_sharded(tmp_path / "step_00000002", {"model": {"w": torch.zeros(4, 5)}})
+    with pytest.raises(ValueError, match="does not match this model"):
+        checkpoint.load_sharded(tmp_path / "step_00000002", {"model": {"other": torch.zeros(3, 5)}})
+
+
+def test_safetensors_export_round_trip_and_foreign_files(tmp_path):
+    state = {"module.a": torch.randn(2, 3), "b": torch.arange(4)}
+    path = checkpoint.export_safetensors(state, tmp_path / "w.safetensors", {"weights": "ema", "step": 7})
+    loaded, meta = checkpoint.load_safetensors(path)
+    assert meta == {"weights": "ema", "step": 7}
+    assert torch.equal(loaded["a"], state["module.a"]) and torch.equal(loaded["b"], state["b"])
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ValueError, match="no rfengine metadata"):
+        checkpoint.load_safetensors(tmp_path / "foreign.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        checkpoint.load_safetensors(tmp_path / "junk.safetensors")
