@@ -73,7 +73,10 @@ def apply_ac(model: torch.nn.Module, mode: str) -> None:
 
 
 def apply_compile(model: torch.nn.Module, enabled: bool) -> None:
-    """torch.compile each DiT block in place (one graph reused by every block of the same shape)."""
+    """torch.compile each DiT block in place (one graph reused by every block of the same shape).
+    When the batch size varies between calls (`adr.prob < 1` rolls out a random subset), the first
+    new size recompiles once with a symbolic batch dimension (dynamo's automatic dynamic shapes) and
+    that graph serves every later size (tests/test_scale.py counts the graphs)."""
     if not enabled:
         return
     for block in model.blocks:

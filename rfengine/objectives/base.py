@@ -44,7 +44,3 @@ class Objective:
     def loss(self, model, x1, y, step):  # pragma: no cover - interface
         raise NotImplementedError
 
-
-def cat_labels(y: torch.Tensor | None) -> torch.Tensor | None:
-    """Labels for a batch made of two concatenated copies."""
-    return None if y is None else torch.cat([y, y])

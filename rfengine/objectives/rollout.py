@@ -23,6 +23,12 @@ class Rollout:
     uhat: torch.Tensor         # (B, C, H, W) rectified target
     delta_x: torch.Tensor      # (B, C, H, W) xhat - x_t
     uhat_sqnorm: torch.Tensor  # (B,)
+    idx: torch.Tensor          # (n,) indices of the rolled samples (all of 0..B-1 at adr.prob = 1)
+
+    @property
+    def partial(self) -> bool:
+        """Whether only some samples were rolled out (then xhat = x_t exactly for the others)."""
+        return self.idx.numel() < self.rolled.numel()
 
 
 def pair_times(t: torch.Tensor, adr) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,14 +49,27 @@ def pair_times(t: torch.Tensor, adr) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(rolled, s, t), rolled
 
 
-def _take(y, idx):
+def take(y, idx):
+    """Rows `idx` of labels y, or None for an unconditional model."""
     return None if y is None else y[idx]
 
 
+def no_grad_mode(model):
+    """`torch.inference_mode()` for the model calls that need no graph, or `torch.no_grad()` for an
+    FSDP2-sharded model: FSDP2 keeps the unsharded parameters it allocates in the first forward for
+    the later ones, and allocated under inference mode they could not be saved for backward."""
+    params = getattr(model, "parameters", None)
+    first = next(params(), None) if callable(params) else None
+    return torch.no_grad() if hasattr(first, "to_local") else torch.inference_mode()
+
+
 def rollout(model, x0: torch.Tensor, x1: torch.Tensor, y, t: torch.Tensor, adr) -> Rollout:
-    """K Euler steps of `model` from x_s to t. Runs without gradient, except the last model call when
-    `adr.grad_through_rollout` (then xhat, uhat and delta_x carry that call's graph). Only the rolled
-    samples are sent through the model; the others keep xhat = x_t exactly (their step is h = 0)."""
+    """K Euler steps of `model` from x_s to t, in the training precision (the caller's autocast).
+
+    The model calls run under `torch.inference_mode` (no graph, no version counters; `no_grad_mode`
+    explains the FSDP exception), except the last
+    one when `adr.grad_through_rollout` (then xhat, uhat and delta_x carry that call's graph). Only
+    the rolled samples are sent through the model; the others keep xhat = x_t exactly (h = 0)."""
     s, rolled = pair_times(t, adr)
     k_steps = adr.steps
     h = (t - s) / k_steps
@@ -59,24 +78,29 @@ def rollout(model, x0: torch.Tensor, x1: torch.Tensor, y, t: torch.Tensor, adr) 
     idx = rolled.nonzero().squeeze(1)
     subset = idx.numel() < b
     state = x_s[idx] if subset else x_s
-    ts, hs, ys = (s[idx], h[idx], _take(y, idx)) if subset else (s, h, y)
+    ts, hs, ys = (s[idx], h[idx], take(y, idx)) if subset else (s, h, y)
+    keep_graph = torch.is_grad_enabled() and adr.grad_through_rollout
     v = None
     for k in range(k_steps):
         last = k == k_steps - 1
-        if state.shape[0] > 0:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and last and adr.grad_through_rollout):
-                v = model(state, ts + k * hs, ys)
-        else:
+        if state.shape[0] == 0:
             v = torch.zeros_like(state)
+        elif last and keep_graph:
+            v = model(state, ts + k * hs, ys)
+        else:
+            with no_grad_mode(model):
+                v = model(state, ts + k * hs, ys)
         if not last:
-            state = kernels.adr_euler_step(state, v, hs)
-    if subset:  # scatter the rolled samples back into full-batch tensors for the fused last step
-        full_state, full_v = x_s.clone(), torch.zeros_like(x_s, dtype=v.dtype)
-        full_state[idx] = state.to(full_state.dtype)
-        full_v[idx] = v
-        state, v = full_state, full_v
-    xhat, uhat, delta_x, sq = kernels.adr_euler_step(state, v, h, x0=x0, x1=x1, t=t)
-    return Rollout(s=s, rolled=rolled, xhat=xhat, uhat=uhat, delta_x=delta_x, uhat_sqnorm=sq)
+            with torch.no_grad():
+                state = kernels.adr_euler_step(state, v, hs)
+    with torch.set_grad_enabled(keep_graph):
+        if subset:  # scatter the rolled samples back into full-batch tensors for the fused last step
+            full_state, full_v = x_s.clone(), torch.zeros_like(x_s, dtype=v.dtype)
+            full_state[idx] = state.to(full_state.dtype)
+            full_v[idx] = v
+            state, v = full_state, full_v
+        xhat, uhat, delta_x, sq = kernels.adr_euler_step(state, v, h, x0=x0, x1=x1, t=t)
+    return Rollout(s=s, rolled=rolled, xhat=xhat, uhat=uhat, delta_x=delta_x, uhat_sqnorm=sq, idx=idx)
 
 
 def rollout_metrics(r: Rollout, t: torch.Tensor) -> dict:

@@ -189,3 +189,33 @@ def test_every_objective_gives_finite_loss_and_grads(model, batch, variant):
     assert all(v.dim() == 0 and not v.requires_grad for v in metrics.values())
     if variant["name"] in ("ss", "reflexflow"):
         assert {"delta_x_sq", "s_mean", "t_mean", "gap_mean", "rolled_frac"} <= set(metrics)
+
+
+@pytest.mark.parametrize("concat, adr_weight", [(True, 1.0), (False, 1.0), (True, 0.0)])
+def test_partial_rollout_forwards_only_rolled_samples_with_the_same_math(model, batch, concat, adr_weight):
+    """adr.prob < 1: only the rolled samples' drifted states go through the model; for the others
+    xhat = x_t, so v_hat = v_clean. Loss and gradients equal the full-batch computation of SPEC
+    steps 4-8 (both branches over all B samples), which costs more model rows."""
+    x1, y = batch
+    cfg = obj_cfg(name="reflexflow", concat_branches=concat, adr={"prob": 0.5, "weight": adr_weight})
+    obj = build_objective(cfg)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    loss, _ = run(obj, model, x1, y, seed=2)
+    hook.remove()
+    got = grads(model, loss)
+
+    torch.manual_seed(2)
+    x0, t = obj.draw(x1)
+    r = rollout(model, x0, x1, y, t, cfg.adr)
+    n = int(r.rolled.sum())
+    assert 0 < n < 6, "the seed should roll some samples and not others"
+    assert sum(calls) == n + 6 + n  # rollout n, clean branch 6, drifted branch n (not 6)
+    xt = interpolate(x0, x1, t)
+    v_clean, v_hat = model(torch.cat([xt, r.xhat]), torch.cat([t, t]), torch.cat([y, y])).chunk(2)
+    fc = kernels.fc_weighted_mse(v_clean, x1 - x0, (v_clean - v_hat).detach(), mask="circle", cutoff=0.25,
+                                 alpha=1.0, t=t, t_max=1.0)
+    want = fc + adr_weight * kernels.adr_loss(v_hat, r.uhat, t, kind="x1") if adr_weight else fc
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-7)
+    for p, q in zip(got, grads(model, want)):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
