@@ -122,6 +122,9 @@ class TrainConfig:
     progress: bool = True
     compile: bool = False
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    tensorboard: bool = True
+    # Dense peak TFLOP/s of one device for MFU; 0 looks the device up in telemetry.PEAK_TFLOPS.
+    peak_tflops: float = _bound(0.0, ge=0.0)
 
 
 @dataclass

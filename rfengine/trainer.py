@@ -22,7 +22,8 @@ from rfengine.models.attention import check_backend as check_attention
 from rfengine.objectives import build_objective
 from rfengine.optim import build_optimizer, ema_update, warmup_schedule
 from rfengine.sample import generate, save_grid
-from rfengine.telemetry import DeviceStats, MetricsFile, Throughput, progress_bar, setup_logging
+from rfengine.telemetry import (DeviceStats, MetricsFile, ModelRows, PhaseTimer, TensorBoard, Throughput, peak_tflops,
+                                progress_bar, setup_logging)
 
 log = logging.getLogger("rfengine")
 
@@ -101,6 +102,8 @@ class Trainer:
         log.info("parallel %s, attention %s, activation checkpointing %s, compile %s", cfg.parallel.mode,
                  cfg.model.attention, cfg.train.activation_checkpointing, "per block" if cfg.train.compile else "off")
 
+        self.phases = PhaseTimer(self.dist.device)  # idle until run() times a logged step
+        self.phases.watch_rollout(self.model)
         self.step = 0
         self.batches = 0  # batches drawn so far, skipped (non-finite) steps included: the data position
         self.last_finite_loss = float("nan")
@@ -233,55 +236,96 @@ class Trainer:
         else:
             y = None
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss, metrics = self.objective.loss(self.ddp_model, x1, y, self.step)
-        loss.backward()
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = parallel.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        flags = torch.stack([(~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float(),
-                             torch.tensor(float(self._stop.requested), device=loss.device)])
-        flags = parallel.all_reduce(flags.to(self.dist.device), op=torch.distributed.ReduceOp.MAX)
-        self._stop.requested = bool(flags[1].item())
-        finite = flags[0].item() == 0
-        if finite:
-            self.optimizer.step()
-            self.scheduler.step()
-            ema_update(self.ema, self.model, cfg.optim.ema_decay)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        with self.phases.phase("fwd_bwd"):
+            with self._autocast():
+                loss, metrics = self.objective.loss(self.ddp_model, x1, y, self.step)
+            loss.backward()
+        with self.phases.phase("optimizer"):
+            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+            grad_norm = parallel.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+            flags = torch.stack([(~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float(),
+                                 torch.tensor(float(self._stop.requested), device=loss.device)])
+            flags = parallel.all_reduce(flags.to(self.dist.device), op=torch.distributed.ReduceOp.MAX)
+            self._stop.requested = bool(flags[1].item())
+            finite = flags[0].item() == 0
+            if finite:
+                self.optimizer.step()
+                self.scheduler.step()
+                ema_update(self.ema, self.model, cfg.optim.ema_decay)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
         metrics["grad_norm"] = grad_norm.detach()
         return finite, metrics
 
-    def _log(self, metrics: dict, images_per_s: float, bad_steps: int, bar) -> None:
+    def _log(self, metrics: dict, reading: tuple[float, float, bool], bad_steps: int, bar) -> None:
         keys = sorted(metrics)
         vals = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).to(self.dist.device)
         vals = parallel.all_reduce(vals) / self.dist.world  # mean over ranks
+        images_per_s, seconds, steady = reading
+        tflops = self.rows.forward_units() * self.flops_per_image * self.dist.world / seconds / 1e12
+        if steady:
+            self.steady_tflop += tflops * seconds
         row = {"step": self.step, **{k: float(v) for k, v in zip(keys, vals.tolist())},
                "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s,
-               "bad_steps": bad_steps, **self.device_stats.read()}
+               "tokens_per_s": images_per_s * self.tokens_per_image, "model_tflops": tflops,
+               "bad_steps": bad_steps, **self.phases.read(), **self.device_stats.read()}
+        if self.peak is not None:
+            row["mfu"] = tflops / (self.peak * self.dist.world)
         if self.dist.is_main:
             self.metrics_file.write(row)
+            self.tensorboard.write(row)
             if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{images_per_s:.0f}")
+                extra = {"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{images_per_s:.0f}", **extra)
+
+    def _start_telemetry(self) -> None:
+        cfg = self.cfg
+        self.device_stats = DeviceStats(self.dist.device)
+        self.rows = ModelRows(self.model)
+        self.flops_per_image = self.model.forward_flops()
+        self.tokens_per_image = self.model.grid[0] * self.model.grid[1]
+        self.peak = peak_tflops(self.dist.device, cfg.train.precision, cfg.train.peak_tflops)
+        self.steady_tflop = 0.0
+        log.info("model FLOPs: %.3f GFLOP per image forward, %d tokens; MFU %s", self.flops_per_image / 1e9,
+                 self.tokens_per_image, f"against {self.peak:g} TFLOP/s per device" if self.peak else
+                 "unavailable (no peak rate known for this device; set train.peak_tflops)")
+        self.tensorboard = TensorBoard(self.out, cfg.train.tensorboard and self.dist.is_main)
+
+    def _summary(self, meter: Throughput) -> dict:
+        """The run's rates after warm-up, logged once at the end."""
+        rate = meter.steady_rate
+        if rate is None:
+            return {}
+        out = {"images_per_s": rate, "tokens_per_s": rate * self.tokens_per_image,
+               "model_tflops": self.steady_tflop / meter.steady_seconds, **self.device_stats.read()}
+        if self.peak is not None:
+            out["mfu"] = out["model_tflops"] / (self.peak * self.dist.world)
+        log.info("after warm-up: %.1f images/s, %.0f tokens/s, %.3f model TFLOP/s%s; %s", rate, out["tokens_per_s"],
+                 out["model_tflops"], f", MFU {out['mfu']:.1%}" if "mfu" in out else ", MFU unavailable",
+                 ", ".join(f"{k} {v:.2f}" for k, v in out.items() if k.startswith("peak")))
+        return out
 
     def run(self) -> dict:
         """Train from the current step to `train.steps`; returns a summary."""
         cfg = self.cfg
         self._stop = _StopFlag()
-        self.device_stats = DeviceStats(self.dist.device)
+        self._start_telemetry()
         if self.dist.is_main:
             self.metrics_file = MetricsFile(self.out / "metrics.jsonl", resume_step=self.step)
         data = batches(self.dataset, cfg.train.batch_size, rank=self.dist.rank, world=self.dist.world,
                        seed=cfg.train.seed, flip=cfg.data.flip, start_batch=self.batches,
                        num_workers=cfg.data.num_workers, device=self.dist.device)
         bar = progress_bar(cfg.train.steps, self.step, self.dist.is_main and cfg.train.progress)
-        meter = Throughput()
+        meter = Throughput(warmup=5)
         bad_in_row, bad_total, last_loss = 0, 0, None
         start, t0 = self.step, time.perf_counter()
         self.ddp_model.train()
         try:
             while self.step < cfg.train.steps:
-                x1, y = next(data)
+                # Phases are timed (with device syncs) only on the steps that will be logged.
+                self.phases.start((self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == cfg.train.steps)
+                with self.phases.phase("data"):
+                    x1, y = next(data)
                 self.batches += 1
                 finite, metrics = self.train_step(x1, y)
                 if finite:
@@ -323,10 +367,12 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             log.info("done: %d steps in %.1f s (%.3f s/step); samples %s", self.step - start, elapsed,
                      elapsed / max(self.step - start, 1), grid)
-            return {"step": self.step, "stopped": False, "seconds": elapsed}
+            return {"step": self.step, "stopped": False, "seconds": elapsed, "throughput": self._summary(meter)}
         finally:
             if bar is not None:
                 bar.close()
             if self.dist.is_main:
                 self.metrics_file.close()
+                self.tensorboard.close()
+            self.rows.remove()
             self._stop.restore()

@@ -1,4 +1,5 @@
-"""Model registry: name -> DiT size. `DiT-T` is a tiny CPU size; S/B/L/XL follow DiT/SiT."""
+"""Model registry: name -> DiT size. `DiT-T` is a tiny CPU size; S/B/L/XL follow DiT/SiT (`SiT-*` are
+aliases of the same sizes)."""
 from __future__ import annotations
 
 from rfengine.models.attention import BACKENDS
@@ -6,7 +7,9 @@ from rfengine.models.dit import DiT, drop_labels
 
 # (depth, hidden_size, num_heads)
 _SIZES = {"T": (4, 64, 4), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
-MODEL_SIZES = {f"DiT-{s}/{p}": (*dims, p) for s, dims in _SIZES.items() for p in (2, 4, 8)}
+# SiT uses the DiT architecture unchanged; its names are aliases (SiT-B/2 == DiT-B/2).
+MODEL_SIZES = {f"{family}-{s}/{p}": (*dims, p) for family in ("DiT", "SiT")
+               for s, dims in _SIZES.items() for p in (2, 4, 8)}
 
 
 def build_model(arch: str, *, in_channels: int, input_size: int | tuple[int, int], num_classes: int,

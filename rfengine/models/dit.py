@@ -187,6 +187,24 @@ class DiT(nn.Module):
     def null_class(self) -> int:
         return self.num_classes
 
+    def forward_flops(self) -> float:
+        """Floating-point operations of one image's forward pass (a multiply-add counts 2), from the
+        matrix products and attention; elementwise ops, norms and softmax are left out, as in the
+        usual MFU accounting. A training step on one image costs 3x this (forward + backward)."""
+        d = self.pos_embed.shape[-1]
+        tokens = self.grid[0] * self.grid[1]
+        patch_in = self.patch_size ** 2 * self.in_channels
+        patch_out = self.patch_size ** 2 * self.out_channels
+        mlp = self.blocks[0].mlp.fc1.out_features if self.blocks else 4 * d
+        per_block = (2 * tokens * d * 3 * d        # qkv
+                     + 2 * 2 * tokens * tokens * d  # q k^T and (attention) v
+                     + 2 * tokens * d * d           # output projection
+                     + 2 * 2 * tokens * d * mlp     # MLP, two layers
+                     + 2 * d * 6 * d)               # adaLN modulation (once per image)
+        t_embed = 2 * (self.t_embedder.mlp[0].in_features * d + d * d)
+        ends = 2 * tokens * patch_in * d + 2 * tokens * d * patch_out + 2 * d * 2 * d
+        return float(len(self.blocks) * per_block + t_embed + ends)
+
     def initialize_weights(self):
         def basic_init(m):
             if isinstance(m, nn.Linear):
