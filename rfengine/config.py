@@ -41,12 +41,16 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where images come from. `digits` is embedded; `folder` and `latents` read `path`."""
-    name: Literal["digits", "folder", "latents"] = "digits"
+    """Where images come from. `digits` is embedded; `folder` and `latents` read `path`; `synthetic`
+    is random tensors of `channels` x image_size^2 with `num_classes` labels (for benchmarks)."""
+    name: Literal["digits", "folder", "latents", "synthetic"] = "digits"
     path: str = ""
     image_size: int = _bound(16, gt=0)
     flip: bool = False
     num_workers: int = _bound(0, ge=0)
+    # Synthetic data only.
+    channels: int = _bound(4, ge=1)
+    num_classes: int = _bound(1000, ge=0)
     # Latent shards only: the metadata the shards must agree with.
     vae: str = ""
     scale_factor: float = _bound(0.18215, gt=0.0)

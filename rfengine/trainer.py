@@ -102,6 +102,7 @@ class Trainer:
         log.info("parallel %s, attention %s, activation checkpointing %s, compile %s", cfg.parallel.mode,
                  cfg.model.attention, cfg.train.activation_checkpointing, "per block" if cfg.train.compile else "off")
 
+        self._stop = None  # run() installs the SIGTERM/SIGINT handler
         self.phases = PhaseTimer(self.dist.device)  # idle until run() times a logged step
         self.phases.watch_rollout(self.model)
         self.step = 0
@@ -243,10 +244,12 @@ class Trainer:
         with self.phases.phase("optimizer"):
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
             grad_norm = parallel.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+            stop = float(self._stop is not None and self._stop.requested)
             flags = torch.stack([(~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float(),
-                                 torch.tensor(float(self._stop.requested), device=loss.device)])
+                                 torch.tensor(stop, device=loss.device)])
             flags = parallel.all_reduce(flags.to(self.dist.device), op=torch.distributed.ReduceOp.MAX)
-            self._stop.requested = bool(flags[1].item())
+            if self._stop is not None:
+                self._stop.requested = bool(flags[1].item())
             finite = flags[0].item() == 0
             if finite:
                 self.optimizer.step()

@@ -7,6 +7,7 @@ from rfengine.data.digits import DigitsDataset
 from rfengine.data.folder import ImageFolderDataset
 from rfengine.data.latents import LatentShardDataset
 from rfengine.data.sampler import HFlip, ShardedBatchSampler
+from rfengine.data.synthetic import SyntheticDataset
 
 
 def build_dataset(cfg):
@@ -19,6 +20,8 @@ def build_dataset(cfg):
         # image_size is the pixel resolution the latents were encoded from
         return LatentShardDataset(cfg.path, vae=cfg.vae, scale_factor=cfg.scale_factor,
                                   resolution=cfg.image_size, flip=cfg.flip)
+    elif cfg.name == "synthetic":
+        ds = SyntheticDataset(cfg.channels, cfg.image_size, cfg.num_classes)
     else:
         raise ValueError(f"data.name: unknown {cfg.name!r}")
     return HFlip(ds) if cfg.flip else ds
@@ -40,4 +43,4 @@ def batches(dataset, global_batch: int, *, rank: int, world: int, seed: int, fli
 
 
 __all__ = ["build_dataset", "batches", "DigitsDataset", "ImageFolderDataset", "LatentShardDataset",
-           "ShardedBatchSampler", "HFlip"]
+           "ShardedBatchSampler", "HFlip", "SyntheticDataset"]
