@@ -6,6 +6,7 @@ One step: next batch -> label dropout -> objective loss under autocast -> backwa
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import signal
@@ -370,7 +371,10 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             log.info("done: %d steps in %.1f s (%.3f s/step); samples %s", self.step - start, elapsed,
                      elapsed / max(self.step - start, 1), grid)
-            return {"step": self.step, "stopped": False, "seconds": elapsed, "throughput": self._summary(meter)}
+            summary = {"step": self.step, "stopped": False, "seconds": elapsed, "throughput": self._summary(meter)}
+            if self.dist.is_main:  # the run's rates in one small file (bench/train_check.py reads it)
+                (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+            return summary
         finally:
             if bar is not None:
                 bar.close()
