@@ -20,9 +20,12 @@ setup(
         "scipy",
         "matplotlib",
         "safetensors",  # EMA weight export
+        "tensorboard",  # training curves (metrics.jsonl holds the same numbers)
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark"],
+        "dev": ["pytest", "pytest-benchmark", "diffusers"],
+        # Latent extraction (python -m rfengine.extract_latents) with a diffusers AutoencoderKL.
+        "latents": ["diffusers"],
         # CUDA only; install after torch so it does not replace the torch build.
         "xformers": ["xformers"],
     },

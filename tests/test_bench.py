@@ -14,3 +14,15 @@ def test_bench_suite_smoke(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "10 passed" in r.stdout, r.stdout[-2000:]
+
+
+def test_train_check_ladder_smoke(tmp_path):
+    """bench/train_check.py runs the trainer per setting and tabulates the rates (tiny model, CPU)."""
+    r = subprocess.run([sys.executable, "bench/train_check.py", "--arch", "DiT-T/4", "--batch", "8", "--steps", "7",
+                        "--fp32-steps", "7", "--variants", "fp32,bf16", "--out", str(tmp_path),
+                        "--set", "data.image_size=16", "--set", "data.channels=1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    table = (tmp_path / "train_check.md").read_text()
+    assert "| fp32 | ok |" in table and "| bf16 | ok |" in table
+    assert (tmp_path / "fp32" / "summary.json").is_file()
