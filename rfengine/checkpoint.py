@@ -41,16 +41,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
-def save_atomic(obj, path: str | Path, before_rename=None) -> Path:
-    """torch.save `obj` to `path` so that `path` is either absent, the old file or the complete new one.
-    `before_rename(tmp_path)`, if given, runs between the fsync and the rename (the crash tests use it)."""
+def write_atomic(path: str | Path, write, before_rename=None) -> Path:
+    """Make `path` appear complete or not at all: `write(tmp_path)` writes a hidden temporary file,
+    which is fsynced, then renamed over `path`, and the folder is fsynced. `before_rename(tmp_path)`,
+    if given, runs between the fsync and the rename (the crash tests use it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if before_rename is not None:
             before_rename(tmp)
@@ -60,6 +60,11 @@ def save_atomic(obj, path: str | Path, before_rename=None) -> Path:
             tmp.unlink()
     _fsync_dir(path.parent)
     return path
+
+
+def save_atomic(obj, path: str | Path, before_rename=None) -> Path:
+    """torch.save `obj` to `path` so that `path` is either absent, the old file or the complete new one."""
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp), before_rename)
 
 
 def _barrier() -> None:
@@ -248,21 +253,12 @@ def export_safetensors(state: dict, path: str | Path, metadata: dict) -> Path:
     import json
 
     from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(state).items()}
-    try:
+
+    def write(tmp):
         save_file(tensors, str(tmp), metadata={"rfengine": json.dumps(metadata)})
         os.chmod(tmp, 0o644)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+    return write_atomic(path, write)
 
 
 def load_safetensors(path: str | Path) -> tuple[dict, dict]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -40,12 +39,12 @@ def load_vae(name: str, subfolder: str | None, device: torch.device):
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from rfengine.checkpoint import write_atomic
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the temporary name
+            np.save(f, arr)
+    write_atomic(path, write)
 
 
 def _shard_done(out: Path, i: int, n: int) -> bool:
@@ -125,9 +124,8 @@ def extract(images: str, vae_name: str, out: str, *, resolution: int = 256, batc
                 "mode": mode, "seed": seed, "dtype": dtype, "images": str(images), "count": len(ds),
                 "shards": [{"latents": f"latents_{i:05d}.npy", "labels": f"labels_{i:05d}.npy"}
                            for i in range(n_shards)]}
-        tmp = out_dir / f".meta.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, out_dir / "meta.json")
+        from rfengine.checkpoint import write_atomic
+        write_atomic(out_dir / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
         log.info("extract: %d images -> %d shards in %s (latents %s, scale %.5f)", len(ds), n_shards, out_dir,
                  "x".join(map(str, latent_shape)), meta["scale_factor"])
     return out_dir
