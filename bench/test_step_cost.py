@@ -36,10 +36,9 @@ def _sync():
 
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
 @pytest.mark.parametrize("name", list(OBJECTIVES))
-def test_train_step(benchmark, tmp_path, monkeypatch, name, mode):
+def test_train_step(benchmark, tmp_path, name, mode):
     if mode == "compiled" and not CUDA:
         pytest.skip("compiled training steps are timed on a GPU only (CPU compile of a DiT takes minutes)")
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     overrides, floor = OBJECTIVES[name]
     cfg = config.load(None, [
         f"model.arch={ARCH}", "data.name=synthetic", "data.image_size=32", "data.channels=4",
