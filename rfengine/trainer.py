@@ -102,6 +102,10 @@ class Trainer:
                  cfg.model.arch, n_params / 1e6, self.dataset.shape, num_classes, cfg.objective.name)
         log.info("parallel %s, attention %s, activation checkpointing %s, compile %s", cfg.parallel.mode,
                  cfg.model.attention, cfg.train.activation_checkpointing, "per block" if cfg.train.compile else "off")
+        if self.sharded:
+            held = sum(parallel.local(p).numel() for p in self.model.parameters() if p.requires_grad)
+            log.info("FSDP: this process holds %.2fM of the %.2fM parameters (and their gradients, optimizer "
+                     "state and EMA)", held / 1e6, n_params / 1e6)
 
         self._stop = None  # run() installs the SIGTERM/SIGINT handler
         self.phases = PhaseTimer(self.dist.device)  # idle until run() times a logged step

@@ -1,6 +1,8 @@
 """FSDP2 on CPU (gloo, 2 processes): the same losses as DDP, composition with activation
 checkpointing and per-block compile, sharded checkpoints that resume on another process count, and
 the EMA export that loads into a one-process model."""
+import re
+
 import pytest
 import torch
 
@@ -30,7 +32,10 @@ def test_fsdp_gives_the_losses_of_ddp_fp32(tmp_path):
     ddp = _run(2, tmp_path / "ddp")
     fsdp = _run(2, tmp_path / "fsdp", "parallel.mode=fsdp", "train.activation_checkpointing=selective")
     _assert_close(fsdp, ddp, rel=1e-4)
-    assert "parallel fsdp" in (tmp_path / "fsdp" / "log.txt").read_text()
+    log = (tmp_path / "fsdp" / "log.txt").read_text()
+    assert "parallel fsdp" in log
+    held, total = map(float, re.search(r"holds ([\d.]+)M of the ([\d.]+)M parameters", log).groups())
+    assert held == pytest.approx(total / 2, rel=0.05)  # rank 0's shard: about half of every tensor
 
 
 def test_fsdp_bf16_with_compile_and_checkpointing_tracks_ddp(tmp_path):
