@@ -8,7 +8,6 @@ needs nothing else. Training runs also export `<run>/ema.safetensors` when they 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -23,6 +22,7 @@ def export(ckpt: str | Path, out: str | Path, weights: str = "ema") -> Path:
 
 
 def main(argv=None) -> int:
+    from rfengine import cli
     from rfengine.sample import _resolve_checkpoint
     p = argparse.ArgumentParser(description="Export checkpoint weights to one safetensors file.")
     p.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint)")
@@ -30,15 +30,12 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default="ema", choices=["ema", "raw"])
     p.add_argument("--out", help="output file (default: <run>/<weights>_step<N>.safetensors)")
     a = p.parse_args(argv)
-    try:
+
+    def body():
         path = _resolve_checkpoint(a.run, a.ckpt)
         out = Path(a.out) if a.out else path.parent.parent / f"{a.weights}_{path.name.split('.')[0]}.safetensors"
         print(f"wrote {export(path, out, a.weights)}")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rfengine: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
+    return cli.run(body)
 
 if __name__ == "__main__":
     raise SystemExit(main())

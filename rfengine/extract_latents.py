@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +131,7 @@ def extract(images: str, vae_name: str, out: str, *, resolution: int = 256, batc
 
 
 def main(argv=None) -> int:
-    from rfengine import parallel
+    from rfengine import cli, parallel
     from rfengine.telemetry import setup_logging
     p = argparse.ArgumentParser(description="Encode an image folder into latent shards with a diffusers AutoencoderKL.")
     p.add_argument("--images", required=True, help="image folder: root/<class>/<image>")
@@ -150,17 +149,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     dist = parallel.init_distributed("auto")
     setup_logging(dist.is_main)
-    try:
-        extract(a.images, a.vae, a.out, resolution=a.resolution, batch=a.batch, shard_size=a.shard_size, mode=a.mode,
-                flip=a.flip, dtype=a.dtype, seed=a.seed, workers=a.workers, vae_subfolder=a.vae_subfolder,
-                rank=dist.rank, world=dist.world, device=dist.device, progress=dist.is_main)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rfengine: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        parallel.shutdown()
-    return 0
-
+    return cli.run(lambda: extract(
+        a.images, a.vae, a.out, resolution=a.resolution, batch=a.batch, shard_size=a.shard_size, mode=a.mode,
+        flip=a.flip, dtype=a.dtype, seed=a.seed, workers=a.workers, vae_subfolder=a.vae_subfolder,
+        rank=dist.rank, world=dist.world, device=dist.device, progress=dist.is_main))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -25,23 +25,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from rfengine import config as config_lib
+    from rfengine import cli
     from rfengine.trainer import NonFiniteError, Trainer
-    from rfengine import parallel
 
     try:
         cfg = config_lib.load(args.config, args.overrides)
     except config_lib.ConfigError as e:
         print(f"rfengine: config error: {e}", file=sys.stderr)
         return 2
-    try:
-        Trainer(cfg, resume=args.resume).run()
-    except (ValueError, FileNotFoundError, NonFiniteError) as e:
-        # Expected failures (bad data, a checkpoint that does not fit, a diverged run): one clear line.
-        print(f"rfengine: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        parallel.shutdown()
-    return 0
+    return cli.run(lambda: Trainer(cfg, resume=args.resume).run(), (ValueError, FileNotFoundError, NonFiniteError))
 
 
 if __name__ == "__main__":

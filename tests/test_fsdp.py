@@ -87,3 +87,17 @@ def test_sharded_checkpoint_saved_on_two_processes_resumes_on_one(tmp_path, shar
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert "written by 2 process(es), this run has 1" in (out / "log.txt").read_text()
+
+
+def test_export_cli_writes_raw_weights_from_a_sharded_checkpoint(tmp_path, sharded_run, capsys):
+    from rfengine import export
+    out = tmp_path / "raw.safetensors"
+    assert export.main(["--run-dir", str(sharded_run), "--weights", "raw", "--out", str(out)]) == 0
+    raw, _, _ = load_model(out, "raw")
+    want, _, _ = load_model(sharded_run / "checkpoints" / "step_00000004", "raw")
+    for (k, a), (_, b) in zip(raw.state_dict().items(), want.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="holds the raw weights"):
+        load_model(out, "ema")
+    assert export.main(["--run-dir", str(tmp_path / "nothing")]) == 1
+    assert "no checkpoint in" in capsys.readouterr().err
