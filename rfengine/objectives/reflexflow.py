@@ -40,21 +40,19 @@ class ReflexFlow(Objective):
         r = rollout(model, x0, x1, y, t, adr)
         # The drifted states worth a forward: all of them, or only the rolled ones.
         x_h, t_h, y_h = (r.xhat[r.idx], t[r.idx], take(y, r.idx)) if r.partial else (r.xhat, t, y)
-        b, n = t.shape[0], t_h.shape[0]
+        b = t.shape[0]
         v_hat = v_sub = None
         if adr_on and self.cfg.concat_branches:
             v_all = model(torch.cat([x_t, x_h]), torch.cat([t, t_h]), None if y is None else torch.cat([y, y_h]))
             v_clean, v_sub = v_all[:b], v_all[b:]
-        else:
+        else:  # (the drifted call runs even on an empty subset: under FSDP every call is a collective)
             v_clean = model(x_t, t, y)
-            if adr_on and n > 0:
+            if adr_on:
                 v_sub = model(x_h, t_h, y_h)
-            elif fc_on and fc.bias_space == "velocity" and n > 0:  # FC alone still needs v_hat, without gradient
+            elif fc_on and fc.bias_space == "velocity":  # FC alone still needs v_hat, without gradient
                 with no_grad_mode(model):
                     v_sub = model(x_h, t_h, y_h)
-        if adr_on or (fc_on and fc.bias_space == "velocity"):
-            if v_sub is None:  # nothing rolled: v_hat = v_clean everywhere
-                v_sub = v_clean[:0]
+        if v_sub is not None:
             base = v_clean if adr_on else v_clean.detach()
             v_hat = base.index_copy(0, r.idx, v_sub) if r.partial else v_sub
 

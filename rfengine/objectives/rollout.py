@@ -83,14 +83,14 @@ def rollout(model, x0: torch.Tensor, x1: torch.Tensor, y, t: torch.Tensor, adr) 
     v = None
     for k in range(k_steps):
         last = k == k_steps - 1
-        if state.shape[0] == 0:
-            v = torch.zeros_like(state)
-        elif last and keep_graph:
+        # The model is called even when no sample of this process was rolled (an empty batch): under
+        # FSDP every call is a collective, and one process skipping it would hang the others.
+        if last and keep_graph:
             v = model(state, ts + k * hs, ys)
         else:
             with no_grad_mode(model):
                 v = model(state, ts + k * hs, ys)
-        if not last:
+        if not last and state.shape[0] > 0:
             with torch.no_grad():
                 state = kernels.adr_euler_step(state, v, hs)
     with torch.set_grad_enabled(keep_graph):

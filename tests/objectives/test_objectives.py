@@ -219,3 +219,18 @@ def test_partial_rollout_forwards_only_rolled_samples_with_the_same_math(model, 
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-7)
     for p, q in zip(got, grads(model, want)):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("concat", [True, False])
+def test_nothing_rolled_still_calls_the_model_for_every_branch(model, batch, concat):
+    """adr.prob = 0 on this process: the rollout and the drifted branch run on empty batches (under
+    FSDP each call is a collective that every process must join) and v_hat = v_clean."""
+    x1, y = batch
+    obj = build_objective(obj_cfg(name="reflexflow", concat_branches=concat, adr={"prob": 0.0}))
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    loss, m = run(obj, model, x1, y)
+    hook.remove()
+    assert calls == ([0, 6] if concat else [0, 6, 0])
+    assert float(m["rolled_frac"]) == 0.0 and float(m["delta_x_sq"]) == 0.0
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads(model, loss))
