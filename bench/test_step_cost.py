@@ -64,5 +64,8 @@ def test_train_step(benchmark, tmp_path, name, mode):
     benchmark.extra_info.update(kind="step", objective=name, arch=ARCH, batch=BATCH, precision=PRECISION,
                                 mode=mode, flop_floor=floor, relative_model_flops=relative_flops,
                                 device=torch.cuda.get_device_name(0) if CUDA else "cpu")
-    assert relative_flops == pytest.approx(floor, abs=0.25)  # the objective makes the model calls it should
+    # The objective makes the model calls it should: exactly the floor at adr.prob = 1; at p < 1 the
+    # rolled fraction of the 3 warm-up batches is random (4/3 x three standard deviations of it).
+    tol = 1e-9 if floor in (1.0, 7 / 3) else 4 / 3 * 3 * (0.25 / (3 * BATCH)) ** 0.5
+    assert relative_flops == pytest.approx(floor, abs=tol)
     benchmark.pedantic(step, rounds=8 if CUDA else 4, warmup_rounds=1, iterations=1)

@@ -26,3 +26,13 @@ def test_train_check_ladder_smoke(tmp_path):
     table = (tmp_path / "train_check.md").read_text()
     assert "| fp32 | ok |" in table and "| bf16 | ok |" in table
     assert (tmp_path / "fp32" / "summary.json").is_file()
+
+
+def test_step_cost_bench_smoke(tmp_path):
+    """bench/test_step_cost.py runs (tiny model, timing disabled): each objective's measured model
+    FLOPs match its floor, which the bench asserts before timing."""
+    env = {**os.environ, "RFENGINE_BENCH_ARCH": "DiT-T/4", "RFENGINE_BENCH_BATCH": "8"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench/test_step_cost.py",
+                        "--benchmark-disable"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "3 passed" in r.stdout, r.stdout[-2000:]
