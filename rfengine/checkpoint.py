@@ -41,6 +41,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 def write_atomic(path: str | Path, write, before_rename=None) -> Path:
     """Make `path` appear complete or not at all: `write(tmp_path)` writes a hidden temporary file,
     which is fsynced, then renamed over `path`, and the folder is fsynced. `before_rename(tmp_path)`,
@@ -50,8 +55,7 @@ def write_atomic(path: str | Path, write, before_rename=None) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        _fsync_file(tmp)
         if before_rename is not None:
             before_rename(tmp)
         os.replace(tmp, path)
@@ -96,10 +100,8 @@ def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, bef
         dcp.save(tensors, checkpoint_id=str(tmp))  # files are fsynced by the writer
     _barrier()
     if is_main:
-        with open(tmp / META, "wb") as f:
-            torch.save(meta, f)
-            f.flush()
-            os.fsync(f.fileno())
+        torch.save(meta, tmp / META)  # no rename of its own: the folder's rename below makes it appear
+        _fsync_file(tmp / META)
         _fsync_dir(tmp)
         if before_rename is not None:
             before_rename(tmp)

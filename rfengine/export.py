@@ -13,9 +13,8 @@ from pathlib import Path
 
 def export(ckpt: str | Path, out: str | Path, weights: str = "ema") -> Path:
     from rfengine import checkpoint, config as config_lib
-    from rfengine.sample import load_model
-    model, cfg, shape = load_model(ckpt, weights)
-    meta = checkpoint.load(ckpt) if Path(ckpt).suffix != ".safetensors" else {}
+    from rfengine.sample import load_model_with_meta
+    model, cfg, shape, meta = load_model_with_meta(ckpt, weights)  # the checkpoint is read once
     info = {"step": int(meta.get("step", -1)), "config": config_lib.to_dict(cfg), "data_shape": list(shape),
             "num_classes": model.num_classes, "code_version": meta.get("code_version", "unknown"), "weights": weights}
     return checkpoint.export_safetensors(model.state_dict(), out, info)
@@ -36,6 +35,7 @@ def main(argv=None) -> int:
         out = Path(a.out) if a.out else path.parent.parent / f"{a.weights}_{path.name.split('.')[0]}.safetensors"
         print(f"wrote {export(path, out, a.weights)}")
     return cli.run(body)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -75,16 +75,19 @@ def extract(images: str, vae_name: str, out: str, *, resolution: int = 256, batc
     out_dir.mkdir(parents=True, exist_ok=True)
     np_dtype = {"float16": np.float16, "float32": np.float32}[dtype]
     n_shards = -(-len(ds) // shard_size)
+
+    def shard_len(i):
+        return min(shard_size, len(ds) - i * shard_size)
     mine = [i for i in range(n_shards) if i % world == rank]
-    todo = [i for i in mine if not _shard_done(out_dir, i, min(shard_size, len(ds) - i * shard_size))]
+    todo = [i for i in mine if not _shard_done(out_dir, i, shard_len(i))]
     if len(todo) < len(mine):
         log.info("extract: %d of this process's %d shards are already complete; continuing", len(mine) - len(todo),
                  len(mine))
-    bar = tqdm(total=sum(min(shard_size, len(ds) - i * shard_size) for i in todo), desc="encode", unit="img",
+    bar = tqdm(total=sum(shard_len(i) for i in todo), desc="encode", unit="img",
                disable=not progress)
     latent_shape = None
     for i in todo:
-        idx = list(range(i * shard_size, min((i + 1) * shard_size, len(ds))))
+        idx = list(range(i * shard_size, i * shard_size + shard_len(i)))
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch, num_workers=workers)
         lats, labs, pos = [], [], 0
         for x, y in loader:

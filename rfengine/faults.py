@@ -2,8 +2,8 @@
 SIGKILL at a named point of step `<step>`, exactly as a machine loss or an OOM killer would.
 
 Points: `after_step` (after the optimizer step, before logging), `checkpoint_write` (the checkpoint's
-temporary file, or every file of a sharded checkpoint's
-temporary folder, is half written, not yet renamed). Unset in normal runs; reading it costs nothing.
+temporary file, or every file of a sharded checkpoint's temporary folder, is half written, not yet
+renamed). Unset in normal runs; reading it costs nothing.
 """
 from __future__ import annotations
 

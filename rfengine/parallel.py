@@ -91,7 +91,7 @@ def apply_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def apply_fsdp(model: torch.nn.Module, d: Dist, precision: str, name: str = "model") -> torch.nn.Module:
+def apply_fsdp(model: torch.nn.Module, d: Dist, precision: str) -> torch.nn.Module:
     """FSDP2: `fully_shard` every DiT block, then the root, over all processes (in place).
 
     bf16 runs keep fp32 master weights and gather bf16 copies for compute (`param_dtype`), with
@@ -120,11 +120,6 @@ def wrap(model: torch.nn.Module, d: Dist, mode: str, precision: str) -> torch.nn
     if mode == "ddp":
         return apply_ddp(model, d)
     raise ValueError(f"parallel.mode: expected ddp or fsdp, got {mode!r}")
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether FSDP2 has sharded this model's parameters (they are DTensors)."""
-    return any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,11 @@ def load_model(ckpt_path: str | Path, weights: str = "ema"):
     a sharded checkpoint folder, read on one process) or an exported `.safetensors` file; `weights`
     is 'ema' or 'raw'. The shape and class count come from the checkpoint (older checkpoints: from
     the position embedding, assuming square inputs)."""
+    return load_model_with_meta(ckpt_path, weights)[:3]
+
+
+def load_model_with_meta(ckpt_path: str | Path, weights: str = "ema"):
+    """`load_model` plus what the file says besides the weights (step, code_version, ...), read once."""
     from rfengine import checkpoint, config as config_lib
     from rfengine.models import build_model
     if weights not in ("ema", "raw"):
@@ -90,7 +95,7 @@ def load_model(ckpt_path: str | Path, weights: str = "ema"):
     if state is None:  # sharded: read the whole tensors into this one-process model
         state = checkpoint.load_sharded(meta["sharded"], {key: model.state_dict()})[key]
     checkpoint.load_model_state(model, state, f"checkpoint {ckpt_path} ({weights})")
-    return model.eval(), cfg, shape
+    return model.eval(), cfg, shape, meta
 
 
 def _resolve_checkpoint(run: str | None, ckpt: str | None) -> Path:

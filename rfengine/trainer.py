@@ -286,6 +286,10 @@ class Trainer:
                 extra = {"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{images_per_s:.0f}", **extra)
 
+    def _logs_at(self, step: int) -> bool:
+        """Whether step `step` writes a metrics row (and so has its phases timed)."""
+        return step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps
+
     def _start_telemetry(self) -> None:
         cfg = self.cfg
         self.device_stats = DeviceStats(self.dist.device)
@@ -331,7 +335,7 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 # Phases are timed (with device syncs) only on the steps that will be logged.
-                self.phases.start((self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == cfg.train.steps)
+                self.phases.start(self._logs_at(self.step + 1))
                 with self.phases.phase("data"):
                     x1, y = next(data)
                 self.batches += 1
@@ -355,7 +359,7 @@ class Trainer:
                 meter.add(cfg.train.batch_size)
                 if bar is not None:
                     bar.update(1)
-                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                if self._logs_at(self.step):
                     self._log(metrics, meter.read(self.dist.device), bad_total, bar)
                 if self.step % cfg.train.ckpt_every == 0 and self.step < cfg.train.steps:
                     self.save_checkpoint()

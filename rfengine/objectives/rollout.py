@@ -67,9 +67,9 @@ def rollout(model, x0: torch.Tensor, x1: torch.Tensor, y, t: torch.Tensor, adr) 
     """K Euler steps of `model` from x_s to t, in the training precision (the caller's autocast).
 
     The model calls run under `torch.inference_mode` (no graph, no version counters; `no_grad_mode`
-    explains the FSDP exception), except the last
-    one when `adr.grad_through_rollout` (then xhat, uhat and delta_x carry that call's graph). Only
-    the rolled samples are sent through the model; the others keep xhat = x_t exactly (h = 0)."""
+    explains the FSDP exception), except the last one when `adr.grad_through_rollout` (then xhat,
+    uhat and delta_x carry that call's graph). Only the rolled samples are sent through the model;
+    the others keep xhat = x_t exactly (h = 0)."""
     s, rolled = pair_times(t, adr)
     k_steps = adr.steps
     h = (t - s) / k_steps
