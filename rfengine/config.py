@@ -94,6 +94,10 @@ class ObjectiveConfig:
     logit_std: float = _bound(1.0, gt=0.0)
     # Run the clean and drifted gradient branches as one concatenated model call.
     concat_branches: bool = True
+    # Plain FM before this step (a step if >= 1, a fraction of train.steps if < 1; 0: from the start),
+    # then this objective, with adr.prob ramped linearly from 0 over `ramp` steps (same units).
+    start: float = _bound(0.0, ge=0.0)
+    ramp: float = _bound(0.0, ge=0.0)
     adr: ADRConfig = field(default_factory=ADRConfig)
     fc: FCConfig = field(default_factory=FCConfig)
     ip: IPConfig = field(default_factory=IPConfig)
@@ -129,6 +133,10 @@ class TrainConfig:
     tensorboard: bool = True
     # Dense peak TFLOP/s of one device for MFU; 0 looks the device up in telemetry.PEAK_TFLOPS.
     peak_tflops: float = _bound(0.0, ge=0.0)
+    # Start a new run (step 0, fresh optimizer and schedule) from the model weights in this file:
+    # an rfengine checkpoint, sharded folder or safetensors export, or a released SiT/DiT checkpoint.
+    init_from: str = ""
+    init_weights: Literal["ema", "raw"] = "ema"
 
 
 @dataclass
@@ -246,11 +254,29 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {list(cfg.optim.betas)}")
     if cfg.data.name in ("folder", "latents") and not cfg.data.path:
         raise ConfigError(f"data.path: required for data.name={cfg.data.name!r}")
+    if cfg.train.init_from and not Path(cfg.train.init_from).exists():
+        raise ConfigError(f"train.init_from: no such file or folder: {cfg.train.init_from}")
+    for name in ("start", "ramp"):
+        value = getattr(cfg.objective, name)
+        if value >= 1 and value != int(value):
+            raise ConfigError(f"objective.{name}: got {value}; a step (a whole number >= 1) or a fraction < 1")
+    start = resolve_steps(cfg.objective.start, cfg.train.steps)
+    if start and cfg.objective.name == "fm":
+        raise ConfigError("objective.start: the schedule switches from fm to another objective; "
+                          "objective.name is fm")
+    if start >= cfg.train.steps:
+        raise ConfigError(f"objective.start: step {start} is not before train.steps={cfg.train.steps}; "
+                          f"{cfg.objective.name} would never run")
     from rfengine.models import MODEL_SIZES  # the registry is the one source of valid names
     if cfg.model.arch not in MODEL_SIZES:
         near = difflib.get_close_matches(cfg.model.arch, list(MODEL_SIZES), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ConfigError(f"model.arch: unknown {cfg.model.arch!r}{hint}; valid: {', '.join(MODEL_SIZES)}")
+
+
+def resolve_steps(value: float, total: int) -> int:
+    """A step count given as a step (>= 1) or as a fraction of `total` (< 1), as `objective.start`."""
+    return int(value) if value >= 1 else int(round(value * total))
 
 
 def from_dict(data: dict) -> Config:

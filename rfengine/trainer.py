@@ -84,6 +84,11 @@ class Trainer:
                                  learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout,
                                  attention=cfg.model.attention).to(self.dist.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.init_source = None  # weights this run started from (train.init_from); a resume overrides them
+        if cfg.train.init_from:
+            self.init_source = checkpoint.init_weights(self.model, self.ema, cfg.train.init_from,
+                                                       cfg.train.init_weights)
+            log.info("initial weights from %s", self.init_source)
         check_attention(cfg.model.attention, self.dist.device, self.model.blocks[0].attn.head_dim)
         self.sharded = cfg.parallel.mode == "fsdp"
         # Fixed order: activation checkpointing, then per-block compile, then the data-parallel wrapper
@@ -96,7 +101,8 @@ class Trainer:
         # The optimizer comes after sharding: FSDP2 replaces the parameters with sharded ones.
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim, self.dist.device)
         self.scheduler = warmup_schedule(self.optimizer, cfg.optim.warmup_steps)
-        self.objective = build_objective(cfg.objective, metrics_every=cfg.train.log_every)
+        self.objective = build_objective(cfg.objective, metrics_every=cfg.train.log_every,
+                                         total_steps=cfg.train.steps)
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("model %s: %.2fM parameters, input %s, %d classes; objective %s",
                  cfg.model.arch, n_params / 1e6, self.dataset.shape, num_classes, cfg.objective.name)
@@ -379,7 +385,8 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             log.info("done: %d steps in %.1f s (%.3f s/step); samples %s", self.step - start, elapsed,
                      elapsed / max(self.step - start, 1), grid)
-            summary = {"step": self.step, "stopped": False, "seconds": elapsed, "throughput": self._summary(meter)}
+            summary = {"step": self.step, "stopped": False, "seconds": elapsed, "init_from": self.init_source,
+                   "throughput": self._summary(meter)}
             if self.dist.is_main:  # the run's rates in one small file (bench/train_check.py reads it)
                 (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
             return summary

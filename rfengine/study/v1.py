@@ -1,8 +1,8 @@
 """The digits study: ReflexFlow against its baselines on the embedded data, at equal steps and at
 equal wall-clock (SPEC section 6, issue "evaluation and evidence").
 
-    python -m rfengine.study                      # the full study (about 50 minutes on 2 cores)
-    python -m rfengine.study --quick              # a 2-minute smoke run of the same pipeline
+    python -m rfengine.study.v1                      # the full study (about 50 minutes on 2 cores)
+    python -m rfengine.study.v1 --quick              # a 2-minute smoke run of the same pipeline
 
 For every seed and method it trains an unconditional DiT-T/2 on the 16x16 digits, samples the EMA
 model with the Euler sampler at each of --sample-steps, and scores FD (and k-NN precision/recall) in
@@ -40,7 +40,7 @@ METHODS = {
     "reflexflow": ["objective.name=reflexflow"],
     "adr_only": ["objective.name=reflexflow", "objective.fc.alpha=0"],
     "fc_only": ["objective.name=reflexflow", "objective.adr.weight=0"],
-    # ablations of ReflexFlow's switches (python -m rfengine.study --ablation)
+    # ablations of ReflexFlow's switches (python -m rfengine.study.v1 --ablation)
     "rf_adr_w0.3": ["objective.name=reflexflow", "objective.adr.weight=0.3"],
     "rf_direction": ["objective.name=reflexflow", "objective.adr.loss=direction"],
     "rf_prob0.5": ["objective.name=reflexflow", "objective.adr.prob=0.5"],
@@ -207,7 +207,7 @@ def real_vs_real(real_feats: np.ndarray) -> float:
 
 
 def main(argv=None) -> int:
-    from rfengine.report import write_report
+    from rfengine.study.v1_report import write_report
     from rfengine.telemetry import setup_logging
     args = parse_args(argv)
     setup_logging(True, None)

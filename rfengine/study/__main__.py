@@ -1,0 +1,239 @@
+"""The equal-compute study of ReflexFlow on the embedded digits (issue 11):
+
+    python -m rfengine.study                 # the whole protocol; resumable (run it again to continue)
+    python -m rfengine.study --quick         # a smoke run of the same pipeline at tiny sizes
+
+Regime (c), fine-tuning, the most promising one: per seed, FM is trained from scratch until its FD
+at 20 Euler steps stops improving (rule in `runs.pretrain`); from that one pretrained model every
+variant then trains for the same CPU seconds (fresh optimizer, `train.init_from`). Seconds per step
+are calibrated once per study, each variant side by side on the same machine, and turned into step
+counts, so every run is reproducible and the budget is equal by construction; each run's measured
+CPU seconds are recorded next to it.
+
+Selection seeds choose the variant (lowest mean log FD ratio to FM at 20 Euler steps); the choice is
+frozen in selection.json before any confirmation seed is trained, and only FM and the chosen variant
+run on the confirmation seeds. Output: results/digits_v2/{summary.json, report.md, fd_vs_seconds.png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+
+from rfengine.study import runs, stats
+
+log = logging.getLogger("rfengine")
+PROTOCOL_KEYS = ["variants", "select_seeds", "confirm_seeds", "lr", "ft_fm_steps", "points", "chunk", "min_steps",
+                 "max_steps", "patience", "tol", "plateau_samples", "samples", "sample_steps"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Equal-compute study: ReflexFlow variants vs FM on the digits.")
+    p.add_argument("--out", default="results/digits_v2")
+    p.add_argument("--workers", type=int, default=2, help="single-thread runs side by side")
+    p.add_argument("--variants", nargs="+", default=list(runs.VARIANTS), choices=list(runs.VARIANTS))
+    p.add_argument("--select-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--confirm-seeds", nargs="+", type=int, default=[5, 6, 7, 8, 9])
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ft-fm-steps", type=int, default=1000,
+                   help="fine-tune budget: the CPU seconds of this many FM steps, for every variant")
+    p.add_argument("--points", type=int, default=4, help="checkpoints scored along each fine-tune")
+    p.add_argument("--chunk", type=int, default=1000, help="pretraining: steps between plateau checks")
+    p.add_argument("--min-steps", type=int, default=3000)
+    p.add_argument("--max-steps", type=int, default=12000)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--tol", type=float, default=0.02)
+    p.add_argument("--plateau-samples", type=int, default=1000)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--sample-steps", nargs="+", type=int, default=[5, 10, 20, 50])
+    p.add_argument("--stop-after", choices=["calibration", "selection"], help="stop after this phase")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, to check the pipeline (about 3 minutes)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.variants, a.select_seeds, a.confirm_seeds = ["fm", "fc_input"], [0, 1], [2]
+        a.ft_fm_steps, a.points, a.chunk, a.min_steps, a.max_steps, a.patience = 8, 2, 4, 4, 12, 1
+        a.plateau_samples, a.samples, a.sample_steps = 32, 64, [2, 20]
+    if "fm" not in a.variants:
+        p.error("--variants must include fm (every ratio is to FM)")
+    if set(a.select_seeds) & set(a.confirm_seeds):
+        p.error("--select-seeds and --confirm-seeds must not overlap")
+    if a.ft_fm_steps % a.points:
+        p.error("--ft-fm-steps must be a multiple of --points")
+    return a
+
+
+class Pool:
+    """Jobs with dependencies, run `workers` at a time in single-thread processes, fine-tunes first."""
+
+    def __init__(self, workers: int, log_dir: Path):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.ex = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(str(log_dir),))
+        self.workers = workers
+
+    def run(self, jobs: dict, desc: str) -> dict:
+        """jobs: name -> (priority, deps, fn, args); returns name -> result."""
+        from tqdm import tqdm
+        done, running = {}, {}
+        with tqdm(total=len(jobs), desc=desc, dynamic_ncols=True) as bar:
+            while len(done) < len(jobs):
+                ready = sorted((j for j in jobs if j not in done and j not in running.values()
+                                and all(d in done for d in jobs[j][1])), key=lambda j: jobs[j][0])
+                while ready and len(running) < self.workers:
+                    name = ready.pop(0)
+                    _, _, fn, args = jobs[name]
+                    running[self.ex.submit(fn, *args)] = name
+                bar.set_postfix_str(", ".join(sorted(running.values())))
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for f in finished:
+                    done[running.pop(f)] = f.result()  # a failed job stops the study with its error
+                    bar.update(1)
+        return done
+
+
+def _worker_init(log_dir: str) -> None:
+    runs.init_worker(1)
+    fd = os.open(os.path.join(log_dir, f"worker_{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 2)  # the trainer's log lines and warnings go to the worker's file, not the progress bar
+
+
+def _protocol(args, out: Path) -> None:
+    """The protocol is frozen at the first start: continuing with other settings is refused."""
+    path = out / "protocol.json"
+    want = {k: getattr(args, k) for k in PROTOCOL_KEYS}
+    if path.is_file():
+        have = json.loads(path.read_text())
+        diff = [k for k in PROTOCOL_KEYS if have.get(k) != want[k]]
+        if diff:
+            raise SystemExit(f"rfengine: error: {out} was started with other settings ({', '.join(diff)}); "
+                             "use another --out or the same settings")
+    else:
+        runs.write_json(path, want)
+
+
+def calibrate(args, out: Path, pool: Pool) -> dict:
+    path = out / "calibration.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    reps = 1 if args.quick else 3
+    jobs = {f"{v}#{r}": (r, [], runs.calibrate, (v, args.lr, 2 if args.quick else 10, 3 if args.quick else 40))
+            for r in range(reps) for v in args.variants}
+    res = pool.run(jobs, "calibration")
+    cost = {v: float(np.median([res[f"{v}#{r}"] for r in range(reps)])) for v in args.variants}
+    budget = args.ft_fm_steps * cost["fm"]
+    steps = {v: max(args.points, int(round(budget / cost[v] / args.points)) * args.points) for v in args.variants}
+    steps["fm"] = args.ft_fm_steps
+    cal = {"cpu_seconds_per_step": cost, "cost_vs_fm": {v: c / cost["fm"] for v, c in cost.items()},
+           "finetune_budget_cpu_seconds": budget, "finetune_steps": steps, "machine": runs.cpu_info(),
+           "per_repeat": {j: r for j, r in res.items()}}
+    runs.write_json(path, cal)
+    return cal
+
+
+def seed_jobs(args, out: Path, seed: int, variants, cal: dict) -> dict:
+    """Pretrain, score the pretrained model, fine-tune every variant: one seed's jobs."""
+    scorer = {"samples": args.samples, "sample_steps": args.sample_steps}
+    rule = {k: getattr(args, k) for k in ("chunk", "min_steps", "max_steps", "patience", "tol")}
+    rule["samples"] = args.plateau_samples
+    pre = out / "pretrain" / f"s{seed}"
+    init = pre / "pretrained.safetensors"
+    jobs = {f"pretrain s{seed}": (2, [], runs.pretrain, (seed, pre, rule, args.lr, scorer)),
+            f"start s{seed}": (1, [f"pretrain s{seed}"], runs.score_file, (init, scorer, pre / "scores.json"))}
+    for v in variants:
+        jobs[f"{v} s{seed}"] = (0, [f"pretrain s{seed}"], runs.finetune,
+                                (v, seed, out / "finetune" / f"{v}_s{seed}", init, cal["finetune_steps"][v],
+                                 args.points, args.lr, scorer))
+    return jobs
+
+
+def run(args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _protocol(args, out)
+    pool = Pool(args.workers, out / "logs")
+    cal = calibrate(args, out, pool)
+    if args.stop_after == "calibration":
+        return {}
+    jobs = {}
+    for s in args.select_seeds:
+        jobs.update(seed_jobs(args, out, s, args.variants, cal))
+    done = pool.run(jobs, "selection")
+    sel_path = out / "selection.json"
+    if not sel_path.is_file():  # made once, before any confirmation seed is trained
+        results = {(r["variant"], r["seed"]): r for k, r in done.items() if "variant" in r}
+        rows = stats.compare(results, args.variants, args.select_seeds, args.sample_steps)
+        runs.write_json(sel_path, {**stats.choose(rows), "seeds": args.select_seeds, "rows": rows})
+    selection = json.loads(sel_path.read_text())
+    if args.stop_after == "selection":
+        return summarize(args, out, cal, selection)
+    jobs = {}
+    for s in args.confirm_seeds:
+        jobs.update(seed_jobs(args, out, s, ["fm", selection["variant"]], cal))
+    pool.run(jobs, "confirmation")
+    return summarize(args, out, cal, selection)
+
+
+def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
+    from rfengine.study.report import write_report
+    results, starts, plateaus = {}, {}, {}
+    for f in sorted((out / "finetune").glob("*/scores.json")):
+        r = json.loads(f.read_text())
+        results[(r["variant"], r["seed"])] = r
+    for s in [*args.select_seeds, *args.confirm_seeds]:
+        pre = out / "pretrain" / f"s{s}"
+        if (pre / "scores.json").is_file():
+            starts[s] = json.loads((pre / "scores.json").read_text())
+        if (pre / "plateau.json").is_file():
+            plateaus[s] = json.loads((pre / "plateau.json").read_text())
+    confirm = [s for s in args.confirm_seeds if ("fm", s) in results and (selection["variant"], s) in results]
+    headline = None
+    if confirm:
+        r = stats.log_ratios(results, selection["variant"], confirm, stats.SELECT_AT)
+        m, lo, hi = stats.t_interval(r)
+        headline = {"regime": "finetune", "variant": selection["variant"], "sample_steps": stats.SELECT_AT,
+                    "mean_log_ratio": m, "ci95": [lo, hi], "confirm_seeds": confirm, "per_seed": r,
+                    "verdict": stats.verdict(m, lo, hi), "complete": len(confirm) == len(args.confirm_seeds)}
+    rows = []
+    for (v, s), r in sorted(results.items()):
+        fm = results.get(("fm", s))
+        for k, score in r["by_steps"].items():
+            rows.append({"regime": "finetune", "variant": v, "seed": s, "sample_steps": int(k), **score,
+                         "steps": r["steps"], "cpu_seconds": r["steps"] * cal["cpu_seconds_per_step"][v],
+                         "cpu_seconds_measured": r["cpu_seconds_measured"],
+                         "log_ratio_to_fm": None if fm is None else float(np.log(score["fd"] / fm["by_steps"][k]["fd"])),
+                         "phase": "selection" if s in args.select_seeds else "confirmation"})
+    summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS}, "calibration": cal,
+               "selection": selection, "headline": headline, "rows": rows,
+               "confirmation": stats.compare(results, ["fm", selection["variant"]], confirm, args.sample_steps)
+               if confirm else [],
+               "pretrain": {str(s): {"stopped_at": p.get("stopped_at"), "reason": p.get("reason"),
+                                     "history": p["history"], "cpu_seconds": p["cpu_seconds"]}
+                            for s, p in plateaus.items()},
+               "start_scores": {str(s): {k: v for k, v in sc.items() if k != "bias"} for s, sc in starts.items()},
+               "curves": {f"{v}_s{s}": r["curve"] for (v, s), r in results.items()},
+               "energy": {f"{v}_s{s}": {"paired_error_mean": r["paired_error_mean"],
+                                        "energy_gap_end": r["energy_gap_end"]} for (v, s), r in results.items()}}
+    runs.write_json(out / "summary.json", summary)
+    write_report(summary, out)
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    summary = run(args)
+    if summary.get("headline"):
+        h = summary["headline"]
+        print(f"headline ({h['regime']}, {h['variant']}, {h['sample_steps']} Euler steps, seeds {h['confirm_seeds']}): "
+              f"{h['verdict']}")
+    print(f"wrote {Path(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

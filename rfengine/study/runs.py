@@ -1,0 +1,225 @@
+"""The equal-compute study's jobs, each run in a single-threaded worker process and each resumable:
+calibrating the cost of a training step, pretraining FM to its plateau, fine-tuning from it, and
+scoring a model. A job writes its result file atomically as its last act, so a killed study redoes
+at most the job it was in (and the trainer resumes that job's run from its newest checkpoint).
+
+Compute is measured as CPU seconds of the training process (`time.process_time`) with one thread
+per run: on this 2-core machine two single-thread runs side by side give more images per second
+than one two-thread run, and CPU time, unlike wall-clock, stays honest when the other core is busy.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rfengine import checkpoint, config as config_lib
+
+log = logging.getLogger("rfengine")
+
+# The training objectives compared (overrides on top of BASE).
+VARIANTS = {
+    "fm": ["objective.name=fm"],
+    "rf": ["objective.name=reflexflow"],                                    # SPEC section 3 defaults
+    "fc_only": ["objective.name=reflexflow", "objective.adr.weight=0"],     # velocity-space bias
+    "fc_input": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input"],
+    "direction": ["objective.name=reflexflow", "objective.adr.loss=direction"],
+    "prob0.25": ["objective.name=reflexflow", "objective.adr.prob=0.25"],
+}
+BASE = ["model.arch=DiT-T/2", "model.class_conditional=false", "data.name=digits", "optim.warmup_steps=50",
+        "optim.ema_decay=0.99", "train.log_every=50", "train.progress=false", "train.tensorboard=false",
+        "train.sample_every=100000000", "train.batch_size=64"]
+SHAPE = (1, 16, 16)
+
+
+def init_worker(threads: int = 1) -> None:
+    """Per worker process: its thread count and quiet logging."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+
+
+def write_json(path: Path, obj) -> None:
+    checkpoint.write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
+
+
+def _config(variant: str, seed: int, out: Path, steps: int, extra: list[str]):
+    return config_lib.load(None, [*BASE, *VARIANTS[variant], *extra, f"train.seed={seed}", f"train.steps={steps}",
+                                  f"train.out_dir={out}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration: CPU seconds per training step of each variant, measured side by side
+# ---------------------------------------------------------------------------------------------
+
+def calibrate(variant: str, lr: float, warm: int = 10, steps: int = 40) -> float:
+    """CPU seconds per training step of `variant` (after `warm` steps), through the trainer's own step."""
+    import tempfile
+
+    from rfengine.data import batches
+    from rfengine.trainer import Trainer
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _config(variant, 0, Path(tmp), warm + steps, [f"optim.lr={lr}"])
+        tr = Trainer(cfg)
+        data = batches(tr.dataset, cfg.train.batch_size, rank=0, world=1, seed=0, flip=False, start_batch=0,
+                       num_workers=0, device=tr.dist.device)
+        for i in range(warm + steps):
+            if i == warm:
+                t0 = time.process_time()
+            tr.train_step(*next(data))
+        return (time.process_time() - t0) / steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Training jobs
+# ---------------------------------------------------------------------------------------------
+
+def train(variant: str, seed: int, run_dir: Path, steps: int, ckpt_every: int, extra: list[str]) -> float:
+    """Train (or resume) one run to `steps`; returns the CPU seconds this call spent in training."""
+    from rfengine.trainer import Trainer
+    cfg = _config(variant, seed, run_dir, steps, [f"train.ckpt_every={ckpt_every}", "train.keep_ckpts=1000", *extra])
+    t0 = time.process_time()
+    Trainer(cfg, resume="auto").run()
+    return time.process_time() - t0
+
+
+def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict) -> dict:
+    """FM from scratch in chunks of `rule['chunk']` steps until FD at 20 Euler steps stops improving:
+    after each chunk the EMA model is scored (FD@20, `rule['samples']` samples, fixed noise); training
+    stops at the first chunk where the best FD of the last `patience` chunks is not `tol` (relative)
+    better than the best before them (and at least `min_steps` were trained), or at `max_steps`.
+    The model at the stopping chunk is the pretrained model (`pretrained.safetensors`)."""
+    state_path = run_dir / "plateau.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"rule": rule, "history": [],
+                                                                             "cpu_seconds": 0.0}
+    scorer = Scorer(**scorer_args)
+    while "stopped_at" not in state:
+        step = (len(state["history"]) + 1) * rule["chunk"]
+        state["cpu_seconds"] += train("fm", seed, run_dir / "run", step, rule["chunk"], [f"optim.lr={lr}"])
+        model = load(run_dir / "run" / "ema.safetensors")
+        fd = scorer.fd(model, 20, rule["samples"])
+        state["history"].append({"step": step, "fd20": fd})
+        fds = [h["fd20"] for h in state["history"]]
+        p = rule["patience"]
+        if step >= rule["max_steps"]:
+            state.update(stopped_at=step, reason=f"reached max_steps={rule['max_steps']}")
+        elif step >= rule["min_steps"] and len(fds) > p and min(fds[-p:]) > (1 - rule["tol"]) * min(fds[:-p]):
+            state.update(stopped_at=step, reason=f"the last {p} chunks did not improve FD@20 by {rule['tol']:.0%} "
+                                                 f"on the best before them ({min(fds[:-p]):.2f})")
+        log.warning("pretrain s%d: step %d FD@20 %.2f%s", seed, step, fd,
+                    f" -> stop ({state['reason']})" if "stopped_at" in state else "")
+        if "stopped_at" in state:
+            shutil.copyfile(run_dir / "run" / "ema.safetensors", run_dir / "pretrained.safetensors")
+        write_json(state_path, state)
+    for ckpt in (run_dir / "run" / "checkpoints").glob("step_*.pt"):  # the weights live on in pretrained.safetensors
+        ckpt.unlink()
+    return state
+
+
+def finetune(variant: str, seed: int, run_dir: Path, init: Path, steps: int, points: int, lr: float,
+             scorer_args: dict) -> dict:
+    """`variant` from the pretrained weights `init` (step 0, fresh optimizer) for `steps` steps; the
+    EMA is scored at `points` evenly spaced checkpoints: FD@20 along the way, the full score at the end."""
+    result_path = run_dir / "scores.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    every = steps // points
+    cpu = train(variant, seed, run_dir / "run", steps, every, [f"optim.lr={lr}", f"train.init_from={init}",
+                                                               "train.init_weights=ema"])
+    scorer = Scorer(**scorer_args)
+    curve = []
+    for step, path in checkpoint.list_checkpoints(run_dir / "run" / "checkpoints"):
+        model = load(path)
+        if step < steps:
+            curve.append({"step": step, "fd20": scorer.fd(model, 20, scorer.samples)})
+    full = scorer.full(load(run_dir / "run" / "ema.safetensors"))
+    curve.append({"step": steps, "fd20": full["by_steps"]["20"]["fd"]})
+    meta = json.loads((run_dir / "run" / "summary.json").read_text())
+    result = {"variant": variant, "seed": seed, "steps": steps, "cpu_seconds_measured": cpu,
+              "wall_seconds": meta["seconds"], "curve": curve, **full}
+    write_json(result_path, result)
+    for ckpt in (run_dir / "run" / "checkpoints").glob("step_*.pt"):
+        ckpt.unlink()
+    return result
+
+
+def score_file(path: Path, scorer_args: dict, out: Path) -> dict:
+    """The full score of the model in `path` (cached in `out`)."""
+    if out.is_file():
+        return json.loads(out.read_text())
+    result = Scorer(**scorer_args).full(load(path))
+    write_json(out, result)
+    return result
+
+
+def load(path: Path):
+    from rfengine.sample import load_model
+    model, _, _ = load_model(path, "ema")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring: FD, precision/recall in the digit classifier's feature space; exposure-bias curve
+# ---------------------------------------------------------------------------------------------
+
+class Scorer:
+    """Scores an unconditional digits model against the 1797 real images. Every model sees the same
+    noise (sample i's noise depends on i only), so differences between models are not sampling noise."""
+
+    def __init__(self, samples: int = 2000, sample_steps=(5, 10, 20, 50), bias_steps: int = 20,
+                 batch: int = 250):
+        from rfengine.data.digits import DigitsDataset
+        from rfengine.eval import DigitsFeatures, feature_stats
+        self.samples, self.sample_steps, self.bias_steps, self.batch = samples, list(sample_steps), bias_steps, batch
+        self.feats = DigitsFeatures()
+        self.real_x = DigitsDataset(16).images
+        self.real_feats = self.feats(self.real_x)
+        self.real_stats = feature_stats(self.real_feats)
+        self.noise = torch.randn((samples, *SHAPE), generator=torch.Generator().manual_seed(12345))
+
+    @torch.inference_mode()
+    def generate(self, model, steps: int, n: int) -> torch.Tensor:
+        from rfengine.sample import generate
+        out = [generate(model, shape=SHAPE, n=min(self.batch, n - i), labels=None, steps=steps,
+                        noise=self.noise[i:i + self.batch][: n - i]) for i in range(0, n, self.batch)]
+        return torch.cat(out).clamp(-1, 1)
+
+    def _fd_pr(self, model, steps: int, n: int, pr: bool) -> dict:
+        from rfengine.eval import feature_stats, frechet_distance, precision_recall
+        f = self.feats(self.generate(model, steps, n))
+        out = {"fd": frechet_distance(*feature_stats(f), *self.real_stats)}
+        if pr:
+            out["precision"], out["recall"] = precision_recall(self.real_feats, f)
+        return out
+
+    def fd(self, model, steps: int, n: int) -> float:
+        return self._fd_pr(model, steps, n, pr=False)["fd"]
+
+    def full(self, model) -> dict:
+        """FD, precision and recall at every sampling budget; exposure bias (paired error, energy gap)."""
+        from rfengine.eval.diagnostics import exposure_bias
+        by_steps = {str(k): self._fd_pr(model, k, self.samples, pr=True) for k in self.sample_steps}
+        g = torch.Generator().manual_seed(777)
+        idx = torch.randperm(self.real_x.shape[0], generator=g)[:256]
+        x0 = torch.randn((256, *SHAPE), generator=g)
+        bias = exposure_bias(model, x0, self.real_x[idx], None, self.bias_steps)
+        return {"by_steps": by_steps, "paired_error_mean": float(np.mean(bias["paired_error"])),
+                "energy_gap_end": bias["energy_gap"][-1], "bias": bias}
+
+
+def cpu_info() -> dict:
+    """What the seconds were measured on."""
+    name = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": name, "cores": os.cpu_count(), "torch": torch.__version__, "threads_per_run": 1}
