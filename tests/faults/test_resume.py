@@ -17,8 +17,13 @@ RUN = [*TINY, f"train.steps={STEPS}", "train.ckpt_every=4", "train.keep_ckpts=2"
        "data.flip=true", "model.class_dropout=0.3"]
 
 
-def _launch(nproc, out, *extra, env=None, mode="ddp"):
-    args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}"), *extra]
+# ReflexFlow switched on after 5 FM steps, adr.prob ramped over 4 steps: the schedule depends on the step only.
+SCHEDULED = ["objective.start=5", "objective.ramp=4"]
+
+
+def _launch(nproc, out, *extra, env=None, mode="ddp", run=()):
+    args = ["--config", "configs/tiny.yaml", *set_args(*RUN, *run, f"train.out_dir={out}", f"parallel.mode={mode}"),
+            *extra]
     if nproc == 1:
         return train_cli(*args, env=env)
     return torchrun(nproc, *args, env=env)
@@ -29,14 +34,15 @@ def reference(tmp_path_factory):
     """Uninterrupted runs, one per process count, shared by the tests."""
     cache = {}
 
-    def get(nproc, mode="ddp"):
-        if (nproc, mode) not in cache:
+    def get(nproc, mode="ddp", run=()):
+        key = (nproc, mode, tuple(run))
+        if key not in cache:
             out = tmp_path_factory.mktemp(f"straight{nproc}{mode}")
-            r = _launch(nproc, out, mode=mode)
+            r = _launch(nproc, out, mode=mode, run=run)
             assert r.returncode == 0, r.stderr[-3000:]
-            cache[nproc, mode] = losses(out)
-            assert sorted(cache[nproc, mode]) == list(range(1, STEPS + 1))
-        return cache[nproc, mode]
+            cache[key] = losses(out)
+            assert sorted(cache[key]) == list(range(1, STEPS + 1))
+        return cache[key]
     return get
 
 
@@ -72,6 +78,21 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, reference, npro
         assert "removed an incomplete checkpoint" in log
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if ".tmp-" in p.name]
     _assert_same(tmp_path, straight)
+
+
+def test_sigkill_right_after_the_objective_switch_then_resume(tmp_path, reference):
+    """Killed right after the first ReflexFlow steps of a scheduled run (FM for steps 1-5); the
+    resumed run goes back to the FM checkpoint at step 4, crosses the switch again and matches."""
+    straight = reference(1, run=SCHEDULED)
+    crashed = _launch(1, tmp_path, env={"RFENGINE_FAULT": "after_step@7"}, run=SCHEDULED)
+    assert crashed.returncode != 0, "the fault should have killed the run"
+    rows = {r["step"]: r for r in read_metrics(tmp_path)}
+    assert "loss_adr" not in rows[5] and "loss_adr" in rows[6]  # step 6 was the first ReflexFlow step
+    resumed = _launch(1, tmp_path, "--resume", "auto", run=SCHEDULED)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step_00000004.pt at step 4" in (tmp_path / "log.txt").read_text()
+    _assert_same(tmp_path, straight)
+    assert [read_metrics(tmp_path)[i].get("adr_prob") for i in range(4, 10)] == [None, 0.25, 0.5, 0.75, 1.0, 1.0]
 
 
 def test_sigkill_at_a_random_moment_then_resume(tmp_path, reference):

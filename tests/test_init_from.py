@@ -1,0 +1,118 @@
+"""Starting a new run from weights (`train.init_from`): every file kind that holds model weights,
+strict key/shape checks, learn_sigma, and the difference from `--resume`."""
+import argparse
+
+import pytest
+import torch
+
+from rfengine import checkpoint, config
+from rfengine.models import build_model
+from rfengine.trainer import Trainer
+from tests.helpers import tiny_cfg
+
+
+def _model(**kw):
+    torch.manual_seed(123)
+    m = build_model(kw.pop("arch", "DiT-T/4"), in_channels=1, input_size=16, num_classes=10, **kw)
+    for p in m.parameters():  # away from the adaLN-Zero init, so that a load is visible
+        p.data.normal_(0, 0.05)
+    return m
+
+
+def _same(model, state):
+    own = checkpoint.strip_prefixes(model.state_dict())
+    return all(torch.equal(own[k], v) for k, v in state.items())
+
+
+def test_released_sit_state_dict_starts_a_fresh_run(tmp_path):
+    """SiT/DiT release their EMA weights as a raw state dict under these parameter names."""
+    src = _model()
+    state = src.state_dict()
+    for name in ("x_embedder.proj.weight", "t_embedder.mlp.0.weight", "y_embedder.embedding_table.weight",
+                 "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight", "blocks.1.adaLN_modulation.1.weight",
+                 "final_layer.linear.weight", "pos_embed"):
+        assert name in state  # SiT's names, so released files load without renaming
+    torch.save(state, tmp_path / "SiT-T-4.pt")
+    cfg = tiny_cfg(tmp_path / "run", f"train.init_from={tmp_path / 'SiT-T-4.pt'}", "train.steps=2")
+    tr = Trainer(cfg)
+    assert tr.step == 0 and not tr.optimizer.state  # a new run: step 0, fresh optimizer
+    assert _same(tr.model, state) and _same(tr.ema, state)
+    summary = tr.run()
+    assert "raw state dict" in summary["init_from"]
+    assert config.load(tmp_path / "run" / "config.yaml").train.init_from == str(tmp_path / "SiT-T-4.pt")
+
+
+@pytest.mark.parametrize("weights", ["ema", "raw"])
+def test_sit_training_checkpoint_dict_picks_ema_or_model(tmp_path, weights):
+    a, b = _model(), _model()
+    for p in b.parameters():
+        p.data.add_(1.0)
+    torch.save({"model": a.state_dict(), "ema": b.state_dict(), "opt": {}, "args": argparse.Namespace(lr=1)},
+               tmp_path / "0400000.pt")
+    m, e = _model(), _model()
+    what = checkpoint.init_weights(m, e, tmp_path / "0400000.pt", weights)
+    assert _same(m, (b if weights == "ema" else a).state_dict()) and f"{weights} weights" in what
+
+
+def test_rfengine_checkpoint_export_and_sharded_folder(tmp_path):
+    cfg = tiny_cfg(tmp_path / "a", "train.steps=3")
+    tr = Trainer(cfg)
+    tr.run()
+    ema = {k: v.clone() for k, v in tr.ema.state_dict().items()}
+    raw = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    pt = checkpoint.list_checkpoints(tmp_path / "a" / "checkpoints")[-1][1]
+    for path, weights, want in [(pt, "ema", ema), (pt, "raw", raw), (tmp_path / "a" / "ema.safetensors", "ema", ema)]:
+        m, e = _model(), _model()
+        checkpoint.init_weights(m, e, path, weights)
+        assert _same(m, want) and _same(e, want), (path, weights)
+    with pytest.raises(ValueError, match="holds the ema weights, not"):
+        checkpoint.init_weights(_model(), _model(), tmp_path / "a" / "ema.safetensors", "raw")
+    folder = tmp_path / "sharded" / "step_00000003"
+    checkpoint.save_sharded({"model": raw, "ema": ema}, {"step": 3}, folder, True)
+    m, e = _model(), _model()
+    assert "sharded" in checkpoint.init_weights(m, e, folder, "ema") and _same(m, ema)
+
+
+def test_mismatches_are_named_in_one_error(tmp_path):
+    torch.save(_model(arch="DiT-T/2").state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError) as e:
+        checkpoint.init_weights(_model(), _model(), tmp_path / "other.pt", "ema")
+    msg = str(e.value)
+    assert "init_from" in msg and "shape mismatches" in msg and "x_embedder.proj.weight" in msg
+    state = _model().state_dict()
+    state.pop("blocks.0.attn.qkv.weight")
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "keys.pt")
+    with pytest.raises(ValueError) as e:
+        checkpoint.init_weights(_model(), _model(), tmp_path / "keys.pt", "ema")
+    assert "missing keys (1): blocks.0.attn.qkv.weight" in str(e.value)
+    assert "unexpected keys (1): extra.weight" in str(e.value)
+    torch.save({"args": 1, "opt": {}}, tmp_path / "noweights.pt")
+    with pytest.raises(ValueError, match="holds no 'ema' weights"):
+        checkpoint.init_weights(_model(), _model(), tmp_path / "noweights.pt", "ema")
+
+
+def test_learn_sigma_checkpoints(tmp_path):
+    sigma = _model(learn_sigma=True)
+    torch.save(sigma.state_dict(), tmp_path / "sigma.pt")
+    with pytest.raises(ValueError, match="learn_sigma: true"):
+        checkpoint.init_weights(_model(), _model(), tmp_path / "sigma.pt", "ema")
+    m = _model(learn_sigma=True)
+    checkpoint.init_weights(m, _model(learn_sigma=True), tmp_path / "sigma.pt", "ema")
+    x, t, y = torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([1, 2])
+    assert torch.equal(m(x, t, y), sigma(x, t, y)) and m(x, t, y).shape == (2, 1, 16, 16)  # velocity = first C
+    torch.save(_model().state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="learn_sigma: false"):
+        checkpoint.init_weights(_model(learn_sigma=True), _model(learn_sigma=True), tmp_path / "plain.pt", "ema")
+
+
+def test_missing_file_is_a_config_error_and_resume_wins(tmp_path):
+    with pytest.raises(config.ConfigError, match="train.init_from: no such file"):
+        tiny_cfg(tmp_path, "train.init_from=/nonexistent/weights.pt")
+    torch.save(_model().state_dict(), tmp_path / "w.pt")
+    cfg = tiny_cfg(tmp_path / "run", f"train.init_from={tmp_path / 'w.pt'}", "train.steps=2", "train.ckpt_every=1")
+    Trainer(cfg).run()
+    resumed = Trainer(cfg, resume="auto")
+    _, ckpt = checkpoint.latest(tmp_path / "run" / "checkpoints")
+    assert resumed.step == 2 and _same(resumed.model, checkpoint.strip_prefixes(ckpt["model"]))
+    assert not _same(resumed.model, _model().state_dict())  # --resume continues the run, not init_from
