@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from kernels.fused import _common
+from kernels.fused.aot import Launch
 from kernels.fused._common import acc_dtype, block_for, cast_for, grid, row_block, tl_acc
 
 KINDS = {"x1": 0, "mse": 1, "direction": 2}
@@ -104,3 +105,14 @@ def adr_loss_bwd(grad_b, v, u, kind: str, state: dict):
         _grad[grid(b, n, block)](v, u, coef, coef, coef, coef, grad, n,
                                  DIRECTION=False, ACC=tl_acc(acc), BLOCK=block)
     return grad
+
+
+# For the ahead-of-time checks (kernels/fused/aot.py): PASS 0 (x1, mse), PASS 1 and 2 (direction).
+LAUNCHES = [
+    Launch(_sums, data=("v_ptr", "u_ptr"), fp32=("sa_ptr", "sc_ptr", "part_ptr"), ints=("N", "NB"),
+           variants=({"PASS": 0}, {"PASS": 1}, {"PASS": 2}),
+           needs={f"PASS={p}": (("v", "u"), ()) for p in range(3)}),
+    Launch(_grad, data=("v_ptr", "u_ptr", "grad_ptr"), fp32=("coef_ptr", "sa_ptr", "sc_ptr", "k_ptr"), ints=("N",),
+           variants=({"DIRECTION": False}, {"DIRECTION": True}),
+           needs={f"DIRECTION={d}": (("v", "u"), ("grad",)) for d in range(2)}),
+]

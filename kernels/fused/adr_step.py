@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from kernels.fused import _common
+from kernels.fused.aot import Launch
 from kernels.fused._common import acc_dtype, block_for, cast_for, grid, row_block, tl_acc
 
 
@@ -98,3 +99,19 @@ def adr_step_bwd(g_xn, v, h, *, final: bool, g_uhat=None, g_dx=None, g_sq=None, 
     _adr_step_bwd[grid(b, n, block)](g_xn, g_uhat, g_dx, g_sq, v, h, xn, x1, t, d_xhat, d_v, d_x0, d_x1,
                                      n, eps_t, FINAL=final, ACC=tl_acc(acc), BLOCK=block)
     return (d_xhat, d_v, d_x0, d_x1) if final else (d_xhat, d_v)
+
+
+# What the dispatch launches, for the ahead-of-time checks (kernels/fused/aot.py): the roles of every
+# argument, the constexpr variants, and the op's minimum traffic per element (reads, writes).
+LAUNCHES = [
+    Launch(_adr_step_fwd, data=("xhat_ptr", "v_ptr", "x0_ptr", "x1_ptr", "xn_ptr", "uhat_ptr", "dx_ptr"),
+           fp32=("h_ptr", "t_ptr", "part_ptr"), ints=("N", "NB"), floats=("eps_t",),
+           variants=({"FINAL": False}, {"FINAL": True}),
+           needs={"FINAL=0": (("xhat", "v"), ("xn",)), "FINAL=1": (("xhat", "v", "x0", "x1"), ("xn", "uhat", "dx"))}),
+    Launch(_adr_step_bwd, data=("g_xn_ptr", "g_u_ptr", "g_dx_ptr", "v_ptr", "xn_ptr", "x1_ptr", "d_xhat_ptr",
+                                "d_v_ptr", "d_x0_ptr", "d_x1_ptr"),
+           fp32=("g_sq_ptr", "h_ptr", "t_ptr"), ints=("N",), floats=("eps_t",),
+           variants=({"FINAL": False}, {"FINAL": True}),
+           needs={"FINAL=0": (("g_xn",), ("d_xhat", "d_v")),
+                  "FINAL=1": (("g_xn", "g_u", "g_dx", "xn", "x1"), ("d_xhat", "d_v", "d_x0", "d_x1"))}),
+]

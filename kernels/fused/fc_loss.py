@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from kernels.fused import _common
+from kernels.fused.aot import Launch
 from kernels.fused._common import acc_dtype, block_for, cast_for, grid, row_block, tl_acc
 
 _MASKS: dict = {}
@@ -91,3 +92,13 @@ def fc_bwd(grad_b, pred, target, lp, scale):
     _fc_grad[grid(b, n, block)](lp, pred, target, scale, grad_b.contiguous(), grad, n, 1.0 / n,
                                 ACC=tl_acc(acc), BLOCK=block)
     return grad
+
+
+# For the ahead-of-time checks (kernels/fused/aot.py). The low-passed bias `lp` is in the accumulation
+# dtype (fp32): it comes out of the fp32 FFT.
+LAUNCHES = [
+    Launch(_fc_sums, data=("pred_ptr", "target_ptr"), fp32=("lp_ptr", "part_ptr"), ints=("N", "NB"),
+           needs={"-": (("pred", "target"), ())}),
+    Launch(_fc_grad, data=("pred_ptr", "target_ptr", "grad_ptr"), fp32=("lp_ptr", "scale_ptr", "gout_ptr"),
+           ints=("N",), floats=("inv_n",), needs={"-": (("pred", "target"), ("grad",))}),
+]
