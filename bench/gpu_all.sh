@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One call on a lent GPU (H100/H200, nothing installed: run with PYTHONPATH=. on the image's torch 2.11,
+# triton 3.6, pytest, pytest-benchmark), in at most 9 minutes, every stage under its own time limit:
+#   0 env      (15 s)  versions; every torch API the engine names exists in this torch
+#   1 kernels (100 s)  tests/kernels natively on CUDA (fused vs reference, AOT compiles for real targets)
+#   2 bench   (140 s)  kernel benchmarks at the ImageNet-256 latent shape, fp32 and bf16: fused vs eager vs
+#                      compiled, and the copy bandwidth
+#   3 ladder  (220 s)  the real trainer, SiT-B/2 at batch 256 on synthetic latents: bf16 FM eager, bf16 FM
+#                      compiled, bf16 ReflexFlow compiled at adr.prob 1 and 0.5
+#   4 plan     (25 s)  the planner's predicted peak memory for the same runs
+#   5 summary  (10 s)  summary.md: the measurements against the goals
+# Files (at most 8, 1 folder deep) go to $OUT when set (the device tool brings back only those), else
+# bench/results/<card>_<time>/. DRY_RUN=1 runs the same stages on CPU at tiny shapes in about a minute
+# (tests/test_gpu_all.py does, so this script cannot rot).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)" TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-8}
+export TRITON_DEFAULT_FP_FUSION=1
+DRY=${DRY_RUN:-0}
+if [ "$DRY" = 1 ]; then
+    card=cpu-dry-run
+    export TRITON_INTERPRET=1
+else
+    python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_all: no CUDA device (DRY_RUN=1 for the CPU dry run)')" || exit 2
+    card=$(python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))")
+    export TRITON_INTERPRET=0
+fi
+dir=${OUT:-bench/results/${card}_$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$dir"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+exec > >(tee "$dir/log.txt") 2>&1
+stage() { echo "== stage $1 ($(date -u +%H:%M:%S), budget $2 s)"; }
+
+stage "0 env" 15
+{ python - <<'PY'
+import platform, subprocess, torch
+try:
+    import triton; tv = triton.__version__
+except ImportError:
+    tv = None
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+print(f"device {dev}; torch {torch.__version__} (CUDA {torch.version.cuda}); triton {tv}; python {platform.python_version()}; commit {commit}")
+PY
+  timeout 15 python bench/api_check.py; } > "$dir/env.txt" 2>&1
+echo "api check exit $?"; cat "$dir/env.txt" | head -n 12
+
+stage "1 kernels" 100
+if [ "$DRY" = 1 ]; then sel=(-k "intermediate or alpha_zero or deterministic"); else sel=(); fi
+timeout 100 python -m pytest -q -p no:cacheprovider tests/kernels "${sel[@]}" > "$dir/kernel_tests.txt" 2>&1
+echo "kernel tests exit $?"; tail -n 3 "$dir/kernel_tests.txt"
+
+stage "2 bench" 140
+if [ "$DRY" = 1 ]; then
+    sel=(-k "cifar32 and fp32 and (fwdbwd or fwd) and (eager or fused) and (adr_euler or fc_weighted) or copy")
+else
+    sel=(-k "latent256 or copy")
+fi
+timeout 140 python -m pytest -q -p no:cacheprovider bench/test_kernels.py "${sel[@]}" --benchmark-only \
+    --benchmark-json="$dir/bench.json" --benchmark-columns=min,mean,median,stddev,rounds > "$work/bench.txt" 2>&1
+echo "kernel bench exit $?"; tail -n 2 "$work/bench.txt"
+
+stage "3 ladder" 220
+ladder=(--variants bf16,bf16_compile,bf16_compile_rf,bf16_compile_rf_p0.5)
+if [ "$DRY" = 1 ]; then
+    small=(--set data.image_size=16 --set data.channels=1)
+    timeout 220 python bench/train_check.py --arch DiT-T/4 --batch 8 --steps 7 --timeout 60 "${ladder[@]}" \
+        "${small[@]}" --set train.compile=false --out "$work/ladder" > "$work/ladder.txt" 2>&1
+else
+    small=()
+    timeout 220 python bench/train_check.py --arch SiT-B/2 --batch 256 --steps 20 --timeout 54 "${ladder[@]}" \
+        --out "$work/ladder" > "$work/ladder.txt" 2>&1
+fi
+echo "ladder exit $?"; cp "$work/ladder/train_check.json" "$dir/" 2>/dev/null; tail -n 8 "$work/ladder.txt"
+
+stage "4 plan" 25
+if [ "$DRY" = 1 ]; then
+    plan_args=(--set model.arch=DiT-T/4 --set data.name=synthetic --set train.batch_size=8 "${small[@]}")
+else
+    plan_args=(--set model.arch=SiT-B/2 --set data.name=synthetic --set train.batch_size=256 --set data.image_size=32)
+fi
+timeout 25 python bench/gpu_summary.py plan --out "$dir/plan.json" -- "${plan_args[@]}"
+echo "plan exit $?"
+
+stage "5 summary" 10
+timeout 10 python bench/gpu_summary.py summary --dir "$dir"
+echo "summary exit $?; results in $dir"

@@ -1,0 +1,136 @@
+"""The last stages of bench/gpu_all.sh.
+
+    python bench/gpu_summary.py plan --out plan.json -- --set model.arch=SiT-B/2 ...
+        the planner's prediction for each setting of the trainer ladder (bench/train_check.py)
+    python bench/gpu_summary.py summary --dir RESULTS
+        summary.md: kernel benchmarks (bench/report.py), the ladder, the planner against the measured
+        peak memory, and every goal with its measured value and a verdict (or "not measured")
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The ladder's settings as config overrides (bench/train_check.py's VARIANTS, precision and objective).
+GOALS = {
+    "adr_copy": "fused ADR step (last step, forward) >= 85% of the copy bandwidth",
+    "fc_eager": "fused FC loss forward+backward >= 3x the eager reference",
+    "fc_compiled": "fused FC loss forward+backward faster than the compiled reference",
+    "rf_floor": "ReflexFlow step (compiled, bf16) within 5% of its FLOP floor (p=1: 2.33x, p=0.5: 1.67x of FM)",
+    "mfu": "MFU >= 40% for SiT-B/2, bf16 + compile, FM",
+    "plan": "planner's peak memory within 10% of the measured peak (bf16 FM eager)",
+}
+
+
+def plan_ladder(out: Path, overrides: list[str]) -> None:
+    from bench.train_check import VARIANTS
+    from rfengine import config, plan
+    sets = [o for o in overrides if o != "--set"]
+    result = {}
+    for name, extra in VARIANTS.items():
+        if name == "fp32":
+            continue
+        cfg = config.load(None, [*sets, *extra])
+        result[name] = plan.plan(cfg, 1, "H100")
+    out.write_text(json.dumps(result, indent=1))
+    for name, p in result.items():
+        print(f"{name}: predicted peak {p['peak_bytes'] / 2**30:.2f} GiB "
+              f"(activations {p['activation_bytes'][p['config']['activation_checkpointing']] / 2**30:.2f} GiB)")
+
+
+def _verdict(ok) -> str:
+    return "not measured" if ok is None else ("met" if ok else "**not met**")
+
+
+def summary(d: Path) -> str:
+    from bench.report import main as bench_tables
+    lines = [f"# GPU check: {d.name}", ""]
+    env = (d / "env.txt").read_text().strip() if (d / "env.txt").is_file() else "env.txt missing"
+    lines += ["```", env, "```", ""]
+    if (d / "kernel_tests.txt").is_file():
+        tail = [x for x in (d / "kernel_tests.txt").read_text().splitlines() if x.strip()][-1:]
+        lines += [f"Kernel tests on this device: {tail[0] if tail else '?'}", ""]
+    goals = {k: (None, "-") for k in GOALS}
+    bench = d / "bench.json"
+    if bench.is_file():
+        data = json.loads(bench.read_text())
+        lines += ["## Kernels", "", bench_tables(str(bench)), ""]
+        copy = next((b["extra_info"].get("gbps") for b in data["benchmarks"] if b["group"] == "copy"), None)
+        by = {}
+        for b in data["benchmarks"]:
+            x = b.get("extra_info", {})
+            if "op" in x:
+                by[(x["op"], x["dtype"], x["pass_"], x["impl"])] = (b["stats"]["mean"], x.get("gbps"))
+        for dt in ("bf16", "fp32"):
+            fused = by.get(("adr_euler_step", dt, "fwd", "fused"))
+            if fused and copy and goals["adr_copy"][0] is None:
+                share = fused[1] / copy
+                goals["adr_copy"] = (share >= 0.85, f"{share:.0%} of {copy:.0f} GB/s ({dt})")
+            f, e, c = (by.get(("fc_weighted_mse", dt, "fwdbwd", i)) for i in ("fused", "eager", "compiled"))
+            if f and e and goals["fc_eager"][0] is None:
+                goals["fc_eager"] = (e[0] / f[0] >= 3, f"{e[0] / f[0]:.2f}x ({dt})")
+            if f and c and goals["fc_compiled"][0] is None:
+                goals["fc_compiled"] = (c[0] / f[0] > 1, f"{c[0] / f[0]:.2f}x ({dt})")
+    ladder = d / "train_check.json"
+    if ladder.is_file():
+        from bench.train_check import FLOOR, table
+        data = json.loads(ladder.read_text())
+        lines += ["## Trainer ladder", "", table(data["results"], data["info"]), ""]
+        res = {r["variant"]: r for r in data["results"] if r["status"] == "ok"}
+        fm = res.get("bf16_compile")
+        if fm:
+            if "mfu" in fm:
+                goals["mfu"] = (fm["mfu"] >= 0.40, f"{fm['mfu']:.1%}")
+            parts, oks = [], []
+            for name, floor in FLOOR.items():
+                if name in res:
+                    rel = fm["images_per_s"] / res[name]["images_per_s"]
+                    parts.append(f"{name}: {rel:.2f}x (floor {floor:.2f}x, {rel / floor - 1:+.1%})")
+                    oks.append(rel / floor <= 1.05)
+            if oks:
+                goals["rf_floor"] = (all(oks), "; ".join(parts))
+        plan_path = d / "plan.json"
+        if plan_path.is_file():
+            plans = json.loads(plan_path.read_text())
+            rows = ["| setting | predicted peak GiB | measured peak GiB | predicted / measured |", "|---|---|---|---|"]
+            for name, p in plans.items():
+                got = res.get(name, {}).get("peak_mem_gb")
+                pred = p["peak_bytes"] / 2 ** 30
+                rows.append(f"| {name} | {pred:.2f} | {f'{got:.2f}' if got else '-'} | "
+                            f"{f'{pred / got:.2f}' if got else '-'} |")
+                if name == "bf16" and got:
+                    goals["plan"] = (abs(pred / got - 1) <= 0.10, f"{pred:.2f} vs {got:.2f} GiB")
+            lines += ["## Planner vs measured peak memory", "",
+                      "The planner counts an eager step; compiled steps may keep fewer activations.", "", *rows, ""]
+    lines += ["## Goals", "", "| goal | measured | verdict |", "|---|---|---|"]
+    for k, text in GOALS.items():
+        ok, value = goals[k]
+        lines.append(f"| {text} | {value} | {_verdict(ok)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["plan", "summary"])
+    p.add_argument("--out")
+    p.add_argument("--dir")
+    a = p.parse_args(argv)
+    if a.what == "plan":
+        plan_ladder(Path(a.out), extra)
+    else:
+        text = summary(Path(a.dir))
+        (Path(a.dir) / "summary.md").write_text(text)
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""bench/gpu_all.sh, the one-call GPU verification, cannot rot: its CPU dry run (DRY_RUN=1) runs
+every stage at tiny shapes and writes the files the GPU run writes; its stage budgets fit the
+device tool's 9 minutes; and the torch API check it starts with catches a name torch lacks."""
+import json
+import os
+import re
+import subprocess
+
+from tests.helpers import ROOT
+
+
+def test_stage_budgets_fit_nine_minutes():
+    text = (ROOT / "bench" / "gpu_all.sh").read_text()
+    stages = re.split(r'\nstage "', text)[1:]
+    budgets = [int(re.match(r'\d [a-z]+" (\d+)', s).group(1)) for s in stages]
+    assert len(budgets) == 6 and sum(budgets) <= 540, budgets
+    for budget, body in zip(budgets, stages):  # every command of a stage runs under the stage's limit
+        limits = [int(n) for n in re.findall(r"\btimeout (\d+) python", body)]
+        assert limits and max(limits) <= budget, (budget, limits)
+
+
+def test_dry_run_writes_every_result_file(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    r = subprocess.run(["bash", "bench/gpu_all.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bench.json", "env.txt", "kernel_tests.txt", "log.txt", "plan.json", "summary.md",
+                     "train_check.json"], files  # at most 8 files come back from the GPU machine
+    assert "0 missing" in (out / "env.txt").read_text()
+    assert " passed" in (out / "kernel_tests.txt").read_text()
+    ladder = json.loads((out / "train_check.json").read_text())["results"]
+    assert [x["variant"] for x in ladder] == ["bf16", "bf16_compile", "bf16_compile_rf", "bf16_compile_rf_p0.5"]
+    assert all(x["status"] == "ok" for x in ladder), ladder
+    assert set(json.loads((out / "plan.json").read_text())) == {x["variant"] for x in ladder}
+    summary = (out / "summary.md").read_text()
+    for part in ("## Kernels", "## Trainer ladder", "## Planner vs measured peak memory", "## Goals",
+                 "Measured copy bandwidth"):
+        assert part in summary
+
+
+def test_api_check_finds_a_missing_torch_name(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("api_check", ROOT / "bench" / "api_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    src = tmp_path / "x.py"
+    src.write_text("import torch\nfrom torch.nn import functional\ntorch.nn.functional.silu\ntorch.nn.nonexistent_layer\n"
+                   "from torch.distributed.fsdp import no_such_thing\n")
+    missing = sorted(n for n in mod.names([src]) if not mod.resolves(n))
+    assert missing == ["torch.distributed.fsdp.no_such_thing", "torch.nn.nonexistent_layer"]
