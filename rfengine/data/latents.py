@@ -29,7 +29,12 @@ class LatentShardDataset(torch.utils.data.Dataset):
         root = Path(root)
         meta_path = root / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"data.path: no meta.json in latent shard folder {root}")
+            what = "does not exist" if not root.exists() else "has no meta.json (not a finished set of latent shards)"
+            raise FileNotFoundError(
+                f"data.path: the latent shard folder {root} {what}. Make it from an image folder with "
+                f"`python -m rfengine.extract_latents --images IMAGES --vae {vae or 'stabilityai/sd-vae-ft-ema'} "
+                f"--out {root} --resolution {resolution or 256}` (pip install -e \".[latents]\"), or try the run "
+                f"on random latents first with `--set data.name=synthetic --set data.image_size={(resolution or 256) // 8}`")
         try:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as e:

@@ -76,5 +76,9 @@ def test_latent_flip_policy_and_missing_meta(tmp_path):
     with pytest.raises(ValueError, match="need 'both'"):
         build_dataset(latent_cfg(root, flip=True))
     (tmp_path / "nometa").mkdir()
-    with pytest.raises(FileNotFoundError, match="meta.json"):
+    with pytest.raises(FileNotFoundError, match="has no meta.json"):
         build_dataset(latent_cfg(tmp_path / "nometa"))
+    with pytest.raises(FileNotFoundError) as e:  # the error says how to make the shards, or how to try without
+        build_dataset(latent_cfg(tmp_path / "missing"))
+    assert "does not exist" in str(e.value) and "python -m rfengine.extract_latents" in str(e.value)
+    assert "--set data.name=synthetic" in str(e.value)

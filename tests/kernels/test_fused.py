@@ -16,7 +16,7 @@ from kernels import reference as R
 from tests.kernels.inputs import adr_loss_inputs, adr_step_inputs, assert_agree, fc_inputs
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-# Under the interpreter the kernels run on CPU tensors; without it, natively on CUDA (bench/gpu_check.sh).
+# Under the interpreter the kernels run on CPU tensors; without it, natively on CUDA (bench/gpu_all.sh).
 DEVICES = ["cpu"] if INTERPRETING else (["cuda"] if torch.cuda.is_available() else [])
 DEV = DEVICES[0] if DEVICES else "cpu"
 pytestmark = [pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed"),
