@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rfengine import storage
+
 log = logging.getLogger("rfengine")
 _NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
 META = "meta.pt"  # the non-tensor part of a sharded checkpoint
@@ -50,9 +52,10 @@ def _fsync_file(path: Path) -> None:
 def write_atomic(path: str | Path, write, before_rename=None) -> Path:
     """Make `path` appear complete or not at all: `write(tmp_path)` writes a hidden temporary file,
     which is fsynced, then renamed over `path`, and the folder is fsynced. `before_rename(tmp_path)`,
-    if given, runs between the fsync and the rename (the crash tests use it)."""
+    if given, runs between the fsync and the rename (the crash tests use it). The folder must exist:
+    one that vanished is an error, not silently made again (a lost mount would hide the loss). A
+    failure is a `storage.WriteError` naming `path` and the cause; the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -60,22 +63,19 @@ def write_atomic(path: str | Path, write, before_rename=None) -> Path:
         if before_rename is not None:
             before_rename(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except Exception as e:
+        raise storage.write_error(path, e) from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+        with contextlib.suppress(OSError):  # a read-only or vanished folder: nothing to remove
+            if tmp.exists():
+                tmp.unlink()
     return path
 
 
 def save_atomic(obj, path: str | Path, before_rename=None) -> Path:
     """torch.save `obj` to `path` so that `path` is either absent, the old file or the complete new one."""
     return write_atomic(path, lambda tmp: torch.save(obj, tmp), before_rename)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 @contextlib.contextmanager
@@ -86,31 +86,58 @@ def _one_process_ok():
         yield
 
 
+def _raise_if_any(error: Exception | None, tmp: Path, is_main: bool) -> None:
+    """Collective: if any process failed, every process raises (none is left waiting in a later
+    collective), and the incomplete folder is removed."""
+    import torch.distributed as dist
+    errors = [error]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, None if error is None else str(error))
+    failed = [e for e in errors if e is not None]
+    if not failed:
+        return
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    raise error if isinstance(error, storage.WriteError) else storage.WriteError(str(failed[0]))
+
+
 def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, before_rename=None) -> Path:
     """Collective: every process writes its shards of `tensors` (nested state dicts of DTensors or
     plain tensors) with torch.distributed.checkpoint into a hidden folder; rank 0 adds `meta.pt`
-    and renames the folder into place once all shards are on disk."""
+    and renames the folder into place once all shards are on disk. A failed write on any process
+    raises a `storage.WriteError` on every process and leaves no folder behind."""
     import torch.distributed.checkpoint as dcp
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-dcp")
+    error = None
     if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    with _one_process_ok():
-        dcp.save(tensors, checkpoint_id=str(tmp))  # files are fsynced by the writer
-    _barrier()
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except OSError as e:
+            error = storage.write_error(tmp, e)
+    _raise_if_any(error, tmp, is_main)
+    try:
+        with _one_process_ok():
+            dcp.save(tensors, checkpoint_id=str(tmp))  # files are fsynced by the writer
+    except Exception as e:
+        error = storage.write_error(tmp / "shards", e)
+    _raise_if_any(error, tmp, is_main)
     if is_main:
-        torch.save(meta, tmp / META)  # no rename of its own: the folder's rename below makes it appear
-        _fsync_file(tmp / META)
-        _fsync_dir(tmp)
-        if before_rename is not None:
-            before_rename(tmp)
-        if path.exists():  # the same step saved again (a resumed run): replace it whole
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    _barrier()
+        try:
+            torch.save(meta, tmp / META)  # no rename of its own: the folder's rename below makes it appear
+            _fsync_file(tmp / META)
+            _fsync_dir(tmp)
+            if before_rename is not None:
+                before_rename(tmp)
+            if path.exists():  # the same step saved again (a resumed run): replace it whole
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except Exception as e:
+            error = storage.write_error(path, e)
+    _raise_if_any(error, tmp, is_main)
     return path
 
 
@@ -129,6 +156,17 @@ def load_sharded(path: str | Path, tensors: dict) -> dict:
             first = first[0]
         raise ValueError(f"checkpoint {path} does not match this model: {type(first).__name__}: {first}") from e
     return tensors
+
+
+def estimate_bytes(model: torch.nn.Module, world: int = 1) -> int:
+    """Bytes of one checkpoint of `model` (any device, `meta` included): model and EMA state, AdamW's
+    two fp32 moments per trainable parameter, and the per-tensor and per-process overhead of the
+    file formats (RNG states, config; measured on small checkpoints, generous)."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    moments = sum(8 * p.numel() for p in trainable)
+    tensors = 2 * len(model.state_dict()) + 3 * len(trainable)
+    return int(2 * state + moments + 1024 * tensors + 64 * 1024 * world)
 
 
 def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:

@@ -4,6 +4,10 @@ SIGKILL at a named point of step `<step>`, exactly as a machine loss or an OOM k
 Points: `after_step` (after the optimizer step, before logging), `checkpoint_write` (the checkpoint's
 temporary file, or every file of a sharded checkpoint's temporary folder, is half written, not yet
 renamed). Unset in normal runs; reading it costs nothing.
+
+Storage faults (`disturb`, after the step, on rank 0, the run goes on): `fill_disk` writes
+`<out>/filler` until the filesystem has `RFENGINE_FAULT_LEAVE` bytes free (default 200 kB: metrics
+rows still fit, a checkpoint does not); `remove_dir` deletes the run's `checkpoints/` folder.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import os
 import signal
 from pathlib import Path
 
-POINTS = ("after_step", "checkpoint_write")
+POINTS = ("after_step", "checkpoint_write", "fill_disk", "remove_dir")
 
 
 def armed(point: str, step: int) -> bool:
@@ -41,3 +45,18 @@ def maybe_crash(point: str, step: int, partial_file: Path | None = None) -> None
                 f.flush()
                 os.fsync(f.fileno())
     kill_now()
+
+
+def disturb(step: int, out_dir: Path, is_main: bool) -> None:
+    """The storage faults at step `step` (rank 0 only; the run is not killed)."""
+    if not is_main:
+        return
+    if armed("fill_disk", step):
+        import shutil
+        leave = int(os.environ.get("RFENGINE_FAULT_LEAVE", 200_000))
+        free = shutil.disk_usage(out_dir).free
+        with open(Path(out_dir) / "filler", "wb") as f:
+            f.write(b"\0" * max(free - leave, 0))
+    if armed("remove_dir", step):
+        import shutil
+        shutil.rmtree(Path(out_dir) / "checkpoints")

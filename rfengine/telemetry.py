@@ -207,13 +207,25 @@ class TensorBoard:
         if self.writer is None:
             return
         step = row["step"]
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, step)
+        try:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        except Exception as e:  # not essential: metrics.jsonl holds the same numbers
+            self._give_up(e)
+
+    def _give_up(self, e: Exception) -> None:
+        log.warning("TensorBoard events not written (%s: %s); metrics.jsonl has every number, training goes on",
+                    type(e).__name__, e)
+        self.writer = None
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except Exception as e:
+                self._give_up(e)
 
 
 class DeviceStats:

@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from rfengine import config as config_lib
     from rfengine import cli
+    from rfengine.storage import WriteError
     from rfengine.trainer import NonFiniteError, Trainer
 
     try:
@@ -33,7 +34,8 @@ def main(argv=None) -> int:
     except config_lib.ConfigError as e:
         print(f"rfengine: config error: {e}", file=sys.stderr)
         return 2
-    return cli.run(lambda: Trainer(cfg, resume=args.resume).run(), (ValueError, FileNotFoundError, NonFiniteError))
+    return cli.run(lambda: Trainer(cfg, resume=args.resume).run(), (ValueError, FileNotFoundError, NonFiniteError,
+                                                                       WriteError))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rfengine import checkpoint, config as config_lib, faults, parallel
+from rfengine import checkpoint, config as config_lib, faults, parallel, storage
 from rfengine.data import batches, build_dataset
 from rfengine.models import build_model, drop_labels
 from rfengine.models.attention import check_backend as check_attention
@@ -67,6 +67,8 @@ class Trainer:
         self.cfg = cfg
         self.dist = parallel.init_distributed(cfg.parallel.backend)
         self.out = Path(cfg.train.out_dir)
+        self.dataset = build_dataset(cfg.data)
+        self._preflight()  # before anything is created: a run that cannot write its checkpoints never starts
         if self.dist.is_main:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
             (self.out / "samples").mkdir(exist_ok=True)
@@ -76,13 +78,8 @@ class Trainer:
             config_lib.save(cfg, self.out / "config.yaml")
         log.info("rfengine: %d process(es), device %s", self.dist.world, self.dist.device)
 
-        self.dataset = build_dataset(cfg.data)
-        c, h, w = self.dataset.shape
-        num_classes = self.dataset.num_classes if cfg.model.class_conditional else 0
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg.model.arch, in_channels=c, input_size=(h, w), num_classes=num_classes,
-                                 learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout,
-                                 attention=cfg.model.attention).to(self.dist.device)
+        self.model = self._build_model(self.dist.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.init_source = None  # weights this run started from (train.init_from); a resume overrides them
         if cfg.train.init_from:
@@ -105,7 +102,7 @@ class Trainer:
                                          total_steps=cfg.train.steps)
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("model %s: %.2fM parameters, input %s, %d classes; objective %s",
-                 cfg.model.arch, n_params / 1e6, self.dataset.shape, num_classes, cfg.objective.name)
+                 cfg.model.arch, n_params / 1e6, self.dataset.shape, self.model.num_classes, cfg.objective.name)
         log.info("parallel %s, attention %s, activation checkpointing %s, compile %s", cfg.parallel.mode,
                  cfg.model.attention, cfg.train.activation_checkpointing, "per block" if cfg.train.compile else "off")
         if self.sharded:
@@ -114,6 +111,7 @@ class Trainer:
                      "state and EMA)", held / 1e6, n_params / 1e6)
 
         self._stop = None  # run() installs the SIGTERM/SIGINT handler
+        self._write_error = None  # an essential write (metrics.jsonl) that failed on this process
         self.phases = PhaseTimer(self.dist.device)  # idle until run() times a logged step
         self.phases.watch_rollout(self.model)
         self.step = 0
@@ -125,8 +123,44 @@ class Trainer:
             torch.manual_seed(cfg.train.seed * 1000 + self.dist.rank + 1)
 
     # -------------------------------------------------------------------------------------------
-    # Checkpoints
+    # Checkpoints and the run folder
     # -------------------------------------------------------------------------------------------
+
+    def _build_model(self, device):
+        cfg, (c, h, w) = self.cfg, self.dataset.shape
+        num_classes = self.dataset.num_classes if cfg.model.class_conditional else 0
+        return build_model(cfg.model.arch, in_channels=c, input_size=(h, w), num_classes=num_classes,
+                           learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout,
+                           attention=cfg.model.attention).to(device)
+
+    def _preflight(self) -> None:
+        """The run folder must be writable and hold `keep_ckpts + 1` checkpoints (the kept ones and
+        the one being written), the EMA export and the sample grids, counting what a resumed run
+        already has there."""
+        cfg = self.cfg
+        with torch.device("meta"):
+            ckpt = checkpoint.estimate_bytes(self._build_model("meta"), self.dist.world)
+        c, h, w = self.dataset.shape
+        side = max(h, w, 64)  # grids are upscaled to at least 64 pixels; PNG is at most the raw bytes
+        grids = cfg.train.steps // cfg.train.sample_every + 1
+        samples = grids * cfg.sample.num_images * (3 if c >= 3 else 1) * side * side
+        export = ckpt // 4  # the EMA alone, about a quarter of a checkpoint
+        have = storage.bytes_in([p for _, p in checkpoint.list_checkpoints(self.out / "checkpoints")]
+                                + [self.out / "ema.safetensors"])
+        need = (cfg.train.keep_ckpts + 1) * ckpt + export + samples + 10**6 - have
+        storage.preflight(self.out, need, f"{cfg.train.keep_ckpts + 1} checkpoints of {ckpt / 1e6:.1f} MB, "
+                          f"the EMA export and {grids} sample grids")
+
+    def _stop_on_write_error(self, error: Exception | None) -> None:
+        """Collective: when a write failed on any process, every process stops with one error that
+        names the file, the cause and the checkpoint to resume from."""
+        errors = [e for e in parallel.all_gather_object(None if error is None else str(error)) if e]
+        if not errors:
+            return
+        found = checkpoint.latest(self.out / "checkpoints") if (self.out / "checkpoints").is_dir() else None
+        where = (f"the last complete checkpoint is {found[0]} (step {found[1]['step']}); once the cause is fixed, "
+                 "run the same command with --resume auto") if found else "no complete checkpoint was written yet"
+        raise storage.WriteError(f"{errors[0]}; {where}")
 
     def _resume(self, resume: str | None) -> None:
         if self.dist.is_main:
@@ -191,15 +225,19 @@ class Trainer:
                  "world_size": self.dist.world, "last_finite_loss": self.last_finite_loss}
         folder = self.out / "checkpoints"
         crash = lambda tmp: faults.maybe_crash("checkpoint_write", step, tmp)  # noqa: E731
-        path = None
-        if self.sharded:  # every process writes its shards
-            path = checkpoint.save_sharded(self._sharded_state(), {**state, "format": "dcp"},
-                                           checkpoint.checkpoint_path(folder, step, sharded=True),
-                                           self.dist.is_main, before_rename=crash)
-        elif self.dist.is_main:
-            state.update(model=self.model.state_dict(), ema=self.ema.state_dict(),
-                         optimizer=self.optimizer.state_dict())
-            path = checkpoint.save_atomic(state, checkpoint.checkpoint_path(folder, step), before_rename=crash)
+        path = error = None
+        try:
+            if self.sharded:  # every process writes its shards; a failure raises on every process
+                path = checkpoint.save_sharded(self._sharded_state(), {**state, "format": "dcp"},
+                                               checkpoint.checkpoint_path(folder, step, sharded=True),
+                                               self.dist.is_main, before_rename=crash)
+            elif self.dist.is_main:
+                state.update(model=self.model.state_dict(), ema=self.ema.state_dict(),
+                             optimizer=self.optimizer.state_dict())
+                path = checkpoint.save_atomic(state, checkpoint.checkpoint_path(folder, step), before_rename=crash)
+        except storage.WriteError as e:
+            error = e
+        self._stop_on_write_error(error)
         if self.dist.is_main:
             checkpoint.prune(folder, self.cfg.train.keep_ckpts)
         parallel.barrier()
@@ -210,10 +248,14 @@ class Trainer:
         single-process model (`rfengine.sample.load_model`); gathered from the shards under FSDP."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(self.ema, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        path = None
+        path = error = None
         if self.dist.is_main:
-            path = checkpoint.export_safetensors(state, self.out / "ema.safetensors", {**self._meta(), "weights": "ema"})
-        parallel.barrier()
+            try:
+                path = checkpoint.export_safetensors(state, self.out / "ema.safetensors",
+                                                     {**self._meta(), "weights": "ema"})
+            except storage.WriteError as e:
+                error = e
+        self._stop_on_write_error(error)
         return path
 
     def save_samples(self) -> Path | None:
@@ -229,7 +271,12 @@ class Trainer:
                      null_class=self.model.null_class)
         if not self.dist.is_main:
             return None
-        return save_grid(x, self.out / "samples" / f"step_{self.step:08d}.png", nrow=min(n, 10))
+        path = self.out / "samples" / f"step_{self.step:08d}.png"
+        try:
+            return save_grid(x, path, nrow=min(n, 10))
+        except OSError as e:  # a grid is not essential: say so and go on
+            log.warning("sample grid not written: %s; training goes on", storage.write_error(path, e))
+            return None
 
     # -------------------------------------------------------------------------------------------
     # The loop
@@ -257,10 +304,13 @@ class Trainer:
             grad_norm = parallel.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
             stop = float(self._stop is not None and self._stop.requested)
             flags = torch.stack([(~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float(),
-                                 torch.tensor(stop, device=loss.device)])
+                                 torch.tensor(stop, device=loss.device),
+                                 torch.tensor(float(self._write_error is not None), device=loss.device)])
             flags = parallel.all_reduce(flags.to(self.dist.device), op=torch.distributed.ReduceOp.MAX)
             if self._stop is not None:
                 self._stop.requested = bool(flags[1].item())
+            if flags[2].item() > 0:  # a process could not write metrics.jsonl: every process stops here
+                self._stop_on_write_error(self._write_error)
             finite = flags[0].item() == 0
             if finite:
                 self.optimizer.step()
@@ -286,7 +336,10 @@ class Trainer:
         if self.peak is not None:
             row["mfu"] = tflops / (self.peak * self.dist.world)
         if self.dist.is_main:
-            self.metrics_file.write(row)
+            try:
+                self.metrics_file.write(row)
+            except OSError as e:
+                self._write_error = storage.write_error(self.metrics_file.path, e)
             self.tensorboard.write(row)
             if bar is not None:
                 extra = {"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}
@@ -362,6 +415,7 @@ class Trainer:
                             f"last finite loss {self.last_finite_loss:.6g}. Lower optim.lr or check the data.")
                     continue
                 faults.maybe_crash("after_step", self.step)
+                faults.disturb(self.step, self.out, self.dist.is_main)
                 meter.add(cfg.train.batch_size)
                 if bar is not None:
                     bar.update(1)

@@ -75,8 +75,8 @@ def test_evaluate_names_bad_inputs(tmp_path, capsys):
     assert evaluate.main(["fd", "--samples", str(tmp_path / "bad.npz"), "--features", "inception"]) == 1
 
 
-def test_study_quick_pipeline(tmp_path):
-    from rfengine import study
+def test_study_v1_quick_pipeline(tmp_path):
+    from rfengine.study import v1 as study
     assert study.main(["--quick", "--methods", "fm", "reflexflow", "--out", str(tmp_path / "res"),
                        "--docs", str(tmp_path / "docs" / "results.md")]) == 0
     summary = json.loads((tmp_path / "res" / "summary.json").read_text())

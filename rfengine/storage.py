@@ -1,0 +1,82 @@
+"""Where runs meet the filesystem: one clear error for a failed write (which file, why), and the
+pre-flight check that a run folder can hold what the run will write before any work starts.
+
+A failed write becomes a `WriteError` naming the file and the cause as the operating system words
+it (`No space left on device`, `Read-only file system`, `Permission denied`, or the folder that
+vanished). Some writers (torch.save's zip writer) lose the errno; the cause is then read off the
+filesystem itself: no free space, a folder that no longer exists, or one that is no longer writable.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+MB = 1e6
+
+
+class WriteError(OSError):
+    """Writing a run's file failed; the message names the file and the cause."""
+
+
+def cause(exc: BaseException, path: Path) -> str:
+    """The reason a write of `path` failed, in the operating system's words where it gave one."""
+    folder = Path(path).parent
+    if not folder.exists():
+        return f"{os.strerror(errno.ENOENT)}: the folder {folder} was removed"
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno)
+    if not os.access(folder, os.W_OK):
+        return f"{os.strerror(errno.EACCES)} (or {os.strerror(errno.EROFS)})"
+    free = shutil.disk_usage(folder).free
+    if free < 1 * MB:
+        return f"{os.strerror(errno.ENOSPC)} ({free / MB:.1f} MB free)"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def write_error(path: Path, exc: BaseException) -> WriteError:
+    return WriteError(f"writing {path} failed: {cause(exc, path)}")
+
+
+def existing_ancestor(path: Path) -> Path:
+    """`path` itself if it exists, else its nearest existing parent (where it would be created)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def preflight(out_dir: Path, need_bytes: float, what: str) -> None:
+    """Refuse to start (a WriteError, nothing created) when `out_dir` cannot be written or its
+    filesystem has less than `need_bytes` free; `what` says what the bytes are for."""
+    base = existing_ancestor(out_dir)
+    if not base.is_dir():
+        raise WriteError(f"train.out_dir: {base} is not a folder, so {out_dir} cannot be created")
+    if not os.access(base, os.W_OK | os.X_OK):
+        reason = os.strerror(errno.EROFS) if _read_only(base) else os.strerror(errno.EACCES)
+        raise WriteError(f"train.out_dir: {base} is not writable ({reason}); nothing was started")
+    free = shutil.disk_usage(base).free
+    if free < need_bytes:
+        raise WriteError(f"train.out_dir: {out_dir} needs {need_bytes / MB:.1f} MB ({what}) but its filesystem "
+                         f"has {free / MB:.1f} MB free; free space, lower train.keep_ckpts or pick another folder")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def bytes_in(paths) -> int:
+    """Total size of the files (or folders) that exist among `paths`."""
+    total = 0
+    for p in paths:
+        p = Path(p)
+        if p.is_file():
+            total += p.stat().st_size
+        elif p.is_dir():
+            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return total

@@ -1,0 +1,52 @@
+"""The equal-compute study (python -m rfengine.study): the whole protocol at tiny sizes (calibration,
+FM pretrained to its plateau rule, fine-tunes at equal calibrated seconds, selection frozen before
+the confirmation seeds, the headline and its report), its resume, its frozen protocol, and the
+paired statistics."""
+import json
+import math
+
+import pytest
+
+from rfengine.study import __main__ as study
+from rfengine.study import stats
+
+
+def test_quick_protocol_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "v2"
+    assert study.main(["--quick", "--out", str(out), "--workers", "1"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    cal = s["calibration"]
+    assert cal["finetune_steps"]["fm"] == 8 and set(cal["cpu_seconds_per_step"]) == {"fm", "fc_input"}
+    # equal compute by construction: steps x calibrated seconds per step agree to one step's worth
+    budget = cal["finetune_budget_cpu_seconds"]
+    for v, steps in cal["finetune_steps"].items():
+        assert abs(steps * cal["cpu_seconds_per_step"][v] - budget) <= 2 * cal["cpu_seconds_per_step"][v]
+    assert s["selection"]["seeds"] == [0, 1] and s["selection"]["variant"] == "fc_input"
+    h = s["headline"]
+    assert h["regime"] == "finetune" and h["confirm_seeds"] == [2] and len(h["ci95"]) == 2 and h["complete"]
+    rows = [r for r in s["rows"] if r["variant"] == "fc_input"]
+    assert {r["sample_steps"] for r in rows} == {2, 20} and all(r["log_ratio_to_fm"] is not None for r in rows)
+    assert {r["phase"] for r in rows} == {"selection", "confirmation"}
+    for p in s["pretrain"].values():
+        assert p["stopped_at"] and p["reason"] and p["history"]
+    assert (out / "pretrain" / "s0" / "pretrained.safetensors").is_file()
+    assert (out / "fd_vs_seconds.png").is_file() and "Headline" in (out / "report.md").read_text()
+    before = (out / "selection.json").read_text()
+    assert study.main(["--quick", "--out", str(out), "--workers", "1"]) == 0  # resumes: nothing retrained
+    assert (out / "selection.json").read_text() == before
+    with pytest.raises(SystemExit, match="started with other settings"):
+        study.main(["--quick", "--out", str(out), "--lr", "0.5"])
+
+
+def test_paired_statistics():
+    m, lo, hi = stats.t_interval([0.1, 0.2, 0.3])
+    assert m == pytest.approx(0.2) and hi - m == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    res = {("fm", s): {"by_steps": {"20": {"fd": 10.0}}} for s in (0, 1)}
+    res.update({("a", 0): {"by_steps": {"20": {"fd": 5.0}}}, ("a", 1): {"by_steps": {"20": {"fd": 5.0}}},
+                ("b", 0): {"by_steps": {"20": {"fd": 20.0}}}, ("b", 1): {"by_steps": {"20": {"fd": 9.0}}}})
+    rows = stats.compare(res, ["fm", "a", "b"], [0, 1], [20])
+    assert stats.choose(rows)["variant"] == "a"
+    assert rows[0]["per_seed"] == pytest.approx([math.log(0.5)] * 2)
+    assert stats.verdict(-0.2, -0.3, -0.1).startswith("beats FM")
+    assert stats.verdict(0.1, -0.3, 0.5).startswith("not distinguishable")
+    assert stats.verdict(0.2, 0.1, 0.3).startswith("loses to FM")

@@ -1,0 +1,197 @@
+"""Storage faults: a run folder too small or not writable is refused before any work; a disk that
+fills up, a folder that vanishes or a failed metrics write mid-run ends with one `rfengine: error:`
+line naming the file, the cause and the checkpoint to resume from, leaves no temporary file, and
+`--resume auto` continues bit-exactly once the cause is gone; a sample grid or TensorBoard that
+cannot be written is a warning. Real small filesystems (tmpfs; CI runs as root) where mounting
+works, injected OSErrors otherwise; 1 process and 2-process DDP."""
+import contextlib
+import errno
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from rfengine import storage
+from rfengine.trainer import Trainer
+from tests.helpers import TINY, losses, set_args, tiny_cfg, torchrun, train_cli
+
+STEPS = 12
+RUN = [*TINY, f"train.steps={STEPS}", "train.ckpt_every=4", "train.keep_ckpts=1", "objective.name=reflexflow",
+       "train.tensorboard=false"]
+
+
+@contextlib.contextmanager
+def tmpfs(path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the injected-error tests cover this")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [x for x in stderr.splitlines() if x.startswith("rfengine: error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def _no_temporaries(folder):
+    return not [p for p in folder.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    r = train_cli("--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return losses(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-flight: refused before any work, nothing created
+# ---------------------------------------------------------------------------------------------
+
+def test_too_small_a_filesystem_is_refused_before_anything_is_created(tmp_path):
+    with tmpfs(tmp_path / "small", "8m") as mnt:
+        r = train_cli("--config", "configs/tiny.yaml", *set_args(*RUN, "train.keep_ckpts=3", f"train.out_dir={mnt}/run"))
+        assert r.returncode == 1
+        line = _one_error_line(r.stderr)
+        assert f"{mnt}/run needs" in line and "MB free" in line and "4 checkpoints of 5.6 MB" in line
+        assert not any(mnt.iterdir()), "nothing may be created"
+
+
+def test_preflight_with_injected_free_space_and_read_only_folder(tmp_path, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=3_000_000))
+    with pytest.raises(storage.WriteError, match=r"needs \d+\.\d MB .* 3\.0 MB free"):
+        Trainer(tiny_cfg(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    monkeypatch.setattr(storage.os, "access", lambda p, mode: False)
+    with pytest.raises(storage.WriteError, match="is not writable"):
+        Trainer(tiny_cfg(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_estimate_matches_a_real_checkpoint(tmp_path):
+    from rfengine import checkpoint
+    tr = Trainer(tiny_cfg(tmp_path, "train.steps=1", "model.arch=DiT-T/2"))
+    tr.run()
+    real = checkpoint.list_checkpoints(tmp_path / "checkpoints")[-1][1].stat().st_size
+    with torch.device("meta"):
+        est = checkpoint.estimate_bytes(tr._build_model("meta"))
+    assert real <= est <= 1.1 * real
+
+
+# ---------------------------------------------------------------------------------------------
+# Mid-run faults: one clear error, no temporaries, exact resume
+# ---------------------------------------------------------------------------------------------
+
+def test_disk_fills_mid_run_then_resume_is_exact(tmp_path, straight):
+    with tmpfs(tmp_path / "fs", "16m") as mnt:
+        out = mnt / "run"
+        args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}")]
+        r = train_cli(*args, env={"RFENGINE_FAULT": "fill_disk@5"})
+        assert r.returncode == 1, r.stderr[-3000:]
+        line = _one_error_line(r.stderr)
+        assert "step_00000008.pt failed: No space left on device" in line, line
+        assert "the last complete checkpoint is" in line and "step_00000004.pt (step 4)" in line
+        assert "--resume auto" in line and _no_temporaries(out)
+        (out / "filler").unlink()
+        r = train_cli(*args, "--resume", "auto")
+        assert r.returncode == 0, r.stderr[-3000:]
+        got = losses(out)
+        assert [got[s] for s in range(1, STEPS + 1)] == [straight[s] for s in range(1, STEPS + 1)]
+
+
+def test_injected_enospc_on_checkpoint_and_export(tmp_path, monkeypatch):
+    import rfengine.checkpoint as ck
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(ck.torch, "save", failing_save)
+    tr = Trainer(tiny_cfg(tmp_path, *RUN[len(TINY):]))
+    with pytest.raises(storage.WriteError) as e:
+        tr.run()
+    msg = str(e.value)
+    assert "step_00000008.pt failed: No space left on device" in msg and "step_00000004.pt (step 4)" in msg
+    assert _no_temporaries(tmp_path)
+    monkeypatch.setattr(ck.torch, "save", real_save)
+
+    def failing_export(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+    import safetensors.torch
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_export)
+    tr = Trainer(tiny_cfg(tmp_path / "b", "train.steps=2"))
+    with pytest.raises(storage.WriteError, match="ema.safetensors failed: Read-only file system"):
+        tr.run()
+
+
+def test_vanished_checkpoint_folder_is_an_error_not_recreated(tmp_path):
+    out = tmp_path / "run"
+    r = train_cli("--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}"),
+                  env={"RFENGINE_FAULT": "remove_dir@5"})
+    assert r.returncode == 1
+    line = _one_error_line(r.stderr)
+    assert "step_00000008.pt failed: No such file or directory: the folder" in line and "was removed" in line
+    assert "no complete checkpoint was written yet" in line
+    assert not (out / "checkpoints").exists()
+
+
+def test_metrics_write_failure_stops_the_run(tmp_path, monkeypatch):
+    from rfengine import telemetry
+    real = telemetry.MetricsFile.write
+
+    def write(self, row):
+        if row["step"] == 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, row)
+    monkeypatch.setattr(telemetry.MetricsFile, "write", write)
+    tr = Trainer(tiny_cfg(tmp_path, *RUN[len(TINY):]))
+    with pytest.raises(storage.WriteError, match=r"metrics.jsonl failed: No space left on device; the last "
+                                                 r"complete checkpoint is .*step_00000004.pt \(step 4\)"):
+        tr.run()
+    assert tr.step == 6
+
+
+def test_sample_grid_and_tensorboard_failures_are_warnings(tmp_path, monkeypatch, capfd):
+    import rfengine.trainer as trainer_mod
+
+    def no_grid(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(trainer_mod, "save_grid", no_grid)
+    from torch.utils.tensorboard import SummaryWriter
+
+    def no_scalar(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(SummaryWriter, "add_scalar", no_scalar)
+    tr = Trainer(tiny_cfg(tmp_path, "train.steps=4", "train.sample_every=2", "train.tensorboard=true"))
+    assert tr.run()["step"] == 4
+    text = capfd.readouterr().err  # the trainer's log handler writes to stderr
+    assert "sample grid not written" in text and "No space left on device" in text and "training goes on" in text
+    assert "TensorBoard events not written" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes: every process stops (no hang), one error line each
+# ---------------------------------------------------------------------------------------------
+
+def test_two_process_ddp_disk_full_stops_every_process(tmp_path):
+    with tmpfs(tmp_path / "fs", "16m") as mnt:
+        out = mnt / "run"
+        r = torchrun(2, "--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}"),
+                     env={"RFENGINE_FAULT": "fill_disk@5"}, timeout=240)
+        assert r.returncode != 0
+        assert "step_00000008.pt failed: No space left on device" in r.stderr
+        errors = [x for x in r.stderr.splitlines() if x.startswith("rfengine: error:")]
+        assert len(errors) == 2, r.stderr[-3000:]  # both processes stopped with the same line
+        assert _no_temporaries(out)
