@@ -121,8 +121,8 @@ def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, bef
     try:
         with _one_process_ok():
             dcp.save(tensors, checkpoint_id=str(tmp))  # files are fsynced by the writer
-    except Exception as e:
-        error = storage.write_error(tmp / "shards", e)
+    except (Exception, dcp.api.CheckpointException) as e:  # DCP's own error is a BaseException
+        error = storage.write_error(path, e)
     _raise_if_any(error, tmp, is_main)
     if is_main:
         try:

@@ -185,13 +185,18 @@ def test_sample_grid_and_tensorboard_failures_are_warnings(tmp_path, monkeypatch
 # Two processes: every process stops (no hang), one error line each
 # ---------------------------------------------------------------------------------------------
 
-def test_two_process_ddp_disk_full_stops_every_process(tmp_path):
-    with tmpfs(tmp_path / "fs", "16m") as mnt:
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_disk_full_stops_every_process(tmp_path, mode):
+    """DDP: rank 0 writes the file, both agree on its failure. FSDP: both write shards into a
+    temporary folder, which is removed; the sharded checkpoint folder is complete or absent."""
+    with tmpfs(tmp_path / "fs", "24m") as mnt:
         out = mnt / "run"
-        r = torchrun(2, "--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}"),
+        r = torchrun(2, "--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}"),
                      env={"RFENGINE_FAULT": "fill_disk@5"}, timeout=240)
         assert r.returncode != 0
-        assert "step_00000008.pt failed: No space left on device" in r.stderr
-        errors = [x for x in r.stderr.splitlines() if x.startswith("rfengine: error:")]
-        assert len(errors) == 2, r.stderr[-3000:]  # both processes stopped with the same line
+        name = "step_00000008.pt" if mode == "ddp" else "step_00000008"
+        assert "failed: No space left on device" in r.stderr and name in r.stderr, r.stderr[-3000:]
+        ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+        assert ckpts == ["step_00000004" + (".pt" if mode == "ddp" else "")], ckpts
+        assert r.stderr.count("rfengine: error: writing") == 2, r.stderr[-3000:]  # both processes stopped, one line each
         assert _no_temporaries(out)
