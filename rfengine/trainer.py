@@ -134,33 +134,21 @@ class Trainer:
                            attention=cfg.model.attention).to(device)
 
     def _preflight(self) -> None:
-        """The run folder must be writable and hold `keep_ckpts + 1` checkpoints (the kept ones and
-        the one being written), the EMA export and the sample grids, counting what a resumed run
-        already has there."""
-        cfg = self.cfg
+        """Refuse to start when the run folder cannot hold what the run writes (checkpoint.preflight)."""
+        cfg, (c, h, w) = self.cfg, self.dataset.shape
         with torch.device("meta"):
-            ckpt = checkpoint.estimate_bytes(self._build_model("meta"), self.dist.world)
-        c, h, w = self.dataset.shape
+            model = self._build_model("meta")
         side = max(h, w, 64)  # grids are upscaled to at least 64 pixels; PNG is at most the raw bytes
         grids = cfg.train.steps // cfg.train.sample_every + 1
-        samples = grids * cfg.sample.num_images * (3 if c >= 3 else 1) * side * side
-        export = ckpt // 4  # the EMA alone, about a quarter of a checkpoint
-        have = storage.bytes_in([p for _, p in checkpoint.list_checkpoints(self.out / "checkpoints")]
-                                + [self.out / "ema.safetensors"])
-        need = (cfg.train.keep_ckpts + 1) * ckpt + export + samples + 10**6 - have
-        storage.preflight(self.out, need, f"{cfg.train.keep_ckpts + 1} checkpoints of {ckpt / 1e6:.1f} MB, "
-                          f"the EMA export and {grids} sample grids")
+        grid_bytes = grids * cfg.sample.num_images * (3 if c >= 3 else 1) * side * side
+        checkpoint.preflight(self.out, model, self.dist.world, cfg.train.keep_ckpts, grid_bytes, f"{grids} sample grids")
 
     def _stop_on_write_error(self, error: Exception | None) -> None:
         """Collective: when a write failed on any process, every process stops with one error that
         names the file, the cause and the checkpoint to resume from."""
         errors = [e for e in parallel.all_gather_object(None if error is None else str(error)) if e]
-        if not errors:
-            return
-        found = checkpoint.latest(self.out / "checkpoints") if (self.out / "checkpoints").is_dir() else None
-        where = (f"the last complete checkpoint is {found[0]} (step {found[1]['step']}); once the cause is fixed, "
-                 "run the same command with --resume auto") if found else "no complete checkpoint was written yet"
-        raise storage.WriteError(f"{errors[0]}; {where}")
+        if errors:
+            raise storage.WriteError(f"{errors[0]}; {checkpoint.resume_hint(self.out / 'checkpoints')}")
 
     def _resume(self, resume: str | None) -> None:
         if self.dist.is_main:

@@ -1,6 +1,8 @@
 """Launch helpers shared by the fused kernels."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import triton
 import triton.language as tl
@@ -65,3 +67,27 @@ def row_block(N, BLOCK: tl.constexpr):
     j = tl.program_id(1)
     offs = j * BLOCK + tl.arange(0, BLOCK)
     return b, j, b * N + offs, offs < N
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel as the dispatch launches it. Every argument of the kernel has a role here:
+    `data` pointers point at tensors of the op's dtype, `fp32` pointers at per-sample values or
+    partial sums (always fp32 on a GPU), `ints` are element counts (N divisible by 16 in real
+    launches of aligned shapes), `floats` are scalars; the constexprs are ACC, BLOCK and `variants`.
+    `reads`/`writes` name the data tensors the op itself must move per element (its minimum)."""
+    kernel: object
+    data: tuple = ()
+    fp32: tuple = ()
+    ints: tuple = ()
+    floats: tuple = ()
+    variants: tuple = ({},)
+    num_warps: int = 4
+    needs: dict = field(default_factory=dict)  # variant label -> (reads, writes) of the op's minimum
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+    def label(self, variant: dict) -> str:
+        return ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in variant.items()) or "-"

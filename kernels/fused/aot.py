@@ -11,37 +11,15 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import triton
 import triton.language as tl
 
+from kernels.fused._common import Launch
+
 DTYPES = {"fp32": (tl.float32, 4), "bf16": (tl.bfloat16, 2), "fp16": (tl.float16, 2)}
 ACC_BLOCK = 1024  # _common.GPU_BLOCK: what the dispatch launches on a GPU
-
-
-@dataclass(frozen=True)
-class Launch:
-    """One kernel as the dispatch launches it. Every argument of the kernel has a role here:
-    `data` pointers point at tensors of the op's dtype, `fp32` pointers at per-sample values or
-    partial sums (always fp32 on a GPU), `ints` are element counts (N divisible by 16 in real
-    launches of aligned shapes), `floats` are scalars; the constexprs are ACC, BLOCK and `variants`.
-    `reads`/`writes` name the data tensors the op itself must move per element (its minimum)."""
-    kernel: object
-    data: tuple = ()
-    fp32: tuple = ()
-    ints: tuple = ()
-    floats: tuple = ()
-    variants: tuple = ({},)
-    num_warps: int = 4
-    needs: dict = field(default_factory=dict)  # variant label -> (reads, writes) of the op's minimum
-
-    @property
-    def name(self) -> str:
-        return self.kernel.fn.__name__
-
-    def label(self, variant: dict) -> str:
-        return ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in variant.items()) or "-"
 
 
 def signature(launch: Launch, dtype: str, variant: dict, block: int | None = None):

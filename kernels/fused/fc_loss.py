@@ -17,8 +17,7 @@ import triton
 import triton.language as tl
 
 from kernels.fused import _common
-from kernels.fused.aot import Launch
-from kernels.fused._common import acc_dtype, block_for, cast_for, grid, row_block, tl_acc
+from kernels.fused._common import Launch, acc_dtype, block_for, cast_for, grid, row_block, tl_acc
 
 _MASKS: dict = {}
 

@@ -127,7 +127,7 @@ def write_report(summary: dict, out: Path, docs: Path) -> None:
     text = [
         "# ReflexFlow on the embedded digits: results",
         "",
-        "Made by `python -m rfengine.study" + (" --ablation" if cfg.get("ablation") else "") +
+        "Made by `python -m rfengine.study.v1" + (" --ablation" if cfg.get("ablation") else "") +
         (" --quick` (a smoke run, not evidence)" if cfg.get("quick") else "`") + f": unconditional DiT-T/2 on the 16x16 "
         f"scikit-learn digits, batch {cfg['batch']}, {cfg['steps']} training steps for every method "
         f"(FM also to {cfg['fm_steps_factor']}x for the equal wall-clock row), seeds {cfg['seeds']}, "
