@@ -126,6 +126,8 @@ class TrainConfig:
     ckpt_every: int = _bound(1000, ge=1)
     sample_every: int = _bound(1000, ge=1)
     keep_ckpts: int = _bound(3, ge=1)
+    # Write single-file checkpoints in a background thread (the loop pays for a copy of the state).
+    async_ckpt: bool = True
     max_bad_steps: int = _bound(10, ge=1)
     progress: bool = True
     compile: bool = False

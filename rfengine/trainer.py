@@ -112,6 +112,7 @@ class Trainer:
 
         self._stop = None  # run() installs the SIGTERM/SIGINT handler
         self._write_error = None  # an essential write (metrics.jsonl) that failed on this process
+        self.writer = checkpoint.BackgroundWriter()  # single-file checkpoints (rank 0)
         self.phases = PhaseTimer(self.dist.device)  # idle until run() times a logged step
         self.phases.watch_rollout(self.model)
         self.step = 0
@@ -142,6 +143,10 @@ class Trainer:
         grids = cfg.train.steps // cfg.train.sample_every + 1
         grid_bytes = grids * cfg.sample.num_images * (3 if c >= 3 else 1) * side * side
         checkpoint.preflight(self.out, model, self.dist.world, cfg.train.keep_ckpts, grid_bytes, f"{grids} sample grids")
+
+    def _failed_write(self) -> Exception | None:
+        """An essential write of this process that failed: metrics.jsonl, or a background checkpoint."""
+        return self._write_error or self.writer.failure()
 
     def _stop_on_write_error(self, error: Exception | None) -> None:
         """Collective: when a write failed on any process, every process stops with one error that
@@ -206,7 +211,9 @@ class Trainer:
         return {"step": self.step, "config": config_lib.to_dict(self.cfg), "code_version": code_version(),
                 "data_shape": list(self.dataset.shape), "num_classes": self.model.num_classes}
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, wait: bool = True) -> Path | None:
+        """Collective. With `wait=False` and `train.async_ckpt`, a single-file checkpoint is written
+        in the background (its failure stops the run at the next step); the run's last one waits."""
         rng = parallel.all_gather_object(checkpoint.capture_rng())
         step = self.step
         state = {**self._meta(), "batches": self.batches, "scheduler": self.scheduler.state_dict(), "rng": rng,
@@ -222,11 +229,15 @@ class Trainer:
             elif self.dist.is_main:
                 state.update(model=self.model.state_dict(), ema=self.ema.state_dict(),
                              optimizer=self.optimizer.state_dict())
-                path = checkpoint.save_atomic(state, checkpoint.checkpoint_path(folder, step), before_rename=crash)
+                path = checkpoint.checkpoint_path(folder, step)
+                prune = lambda: checkpoint.prune(folder, self.cfg.train.keep_ckpts)  # noqa: E731
+                self.writer.submit(state, path, before_rename=crash, after=prune)
+                if wait or not self.cfg.train.async_ckpt:
+                    self.writer.wait()
         except storage.WriteError as e:
             error = e
         self._stop_on_write_error(error)
-        if self.dist.is_main:
+        if self.sharded and self.dist.is_main:
             checkpoint.prune(folder, self.cfg.train.keep_ckpts)
         parallel.barrier()
         return path
@@ -293,12 +304,12 @@ class Trainer:
             stop = float(self._stop is not None and self._stop.requested)
             flags = torch.stack([(~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float(),
                                  torch.tensor(stop, device=loss.device),
-                                 torch.tensor(float(self._write_error is not None), device=loss.device)])
+                                 torch.tensor(float(self._failed_write() is not None), device=loss.device)])
             flags = parallel.all_reduce(flags.to(self.dist.device), op=torch.distributed.ReduceOp.MAX)
             if self._stop is not None:
                 self._stop.requested = bool(flags[1].item())
-            if flags[2].item() > 0:  # a process could not write metrics.jsonl: every process stops here
-                self._stop_on_write_error(self._write_error)
+            if flags[2].item() > 0:  # a process could not write a checkpoint or metrics.jsonl: every process stops
+                self._stop_on_write_error(self._failed_write())
             finite = flags[0].item() == 0
             if finite:
                 self.optimizer.step()
@@ -410,7 +421,7 @@ class Trainer:
                 if self._logs_at(self.step):
                     self._log(metrics, meter.read(self.dist.device), bad_total, bar)
                 if self.step % cfg.train.ckpt_every == 0 and self.step < cfg.train.steps:
-                    self.save_checkpoint()
+                    self.save_checkpoint(wait=False)
                 if self.step % cfg.train.sample_every == 0 and self.step < cfg.train.steps:
                     self.save_samples()
                 if self._stop.requested:

@@ -200,3 +200,53 @@ def test_two_processes_disk_full_stops_every_process(tmp_path, mode):
         assert ckpts == ["step_00000004" + (".pt" if mode == "ddp" else "")], ckpts
         assert r.stderr.count("rfengine: error: writing") == 2, r.stderr[-3000:]  # both processes stopped, one line each
         assert _no_temporaries(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow storage: single-file checkpoints are written in the background
+# ---------------------------------------------------------------------------------------------
+
+def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
+    """A checkpoint write that does not finish until training has logged two more steps: with the
+    background writer the run gets there (a synchronous write would wait for ever, here 60 s)."""
+    import threading
+
+    import rfengine.checkpoint as ck
+    from rfengine import telemetry
+    released, timed_out = threading.Event(), []
+    real_save, real_write = torch.save, telemetry.MetricsFile.write
+
+    def slow_save(obj, f, *a, **k):
+        if obj.get("step") == 2 and not released.wait(timeout=60):
+            timed_out.append(True)
+        return real_save(obj, f, *a, **k)
+
+    def write(self, row):
+        real_write(self, row)
+        if row["step"] == 4:
+            released.set()
+    monkeypatch.setattr(ck.torch, "save", slow_save)
+    monkeypatch.setattr(telemetry.MetricsFile, "write", write)
+    tr = Trainer(tiny_cfg(tmp_path, "train.steps=6", "train.ckpt_every=2", "train.keep_ckpts=5"))
+    tr.run()
+    assert not timed_out, "training waited for the checkpoint write"
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_00000002.pt", "step_00000004.pt", "step_00000006.pt"]
+    from rfengine import checkpoint
+    assert checkpoint.load(tmp_path / "checkpoints" / "step_00000002.pt")["step"] == 2  # the state of step 2
+
+
+def test_a_failed_background_write_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
+    import rfengine.checkpoint as ck
+    real_save = torch.save
+
+    def failing(obj, f, *a, **k):
+        if obj.get("step") == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(ck.torch, "save", failing)
+    tr = Trainer(tiny_cfg(tmp_path, "train.steps=12", "train.ckpt_every=2", "train.keep_ckpts=5"))
+    with pytest.raises(storage.WriteError, match=r"step_00000004.pt failed: No space left on device; the last "
+                                                 r"complete checkpoint is .*step_00000002.pt \(step 2\)"):
+        tr.run()
+    assert 4 <= tr.step < 12 and _no_temporaries(tmp_path)  # stopped within a step or so of the failure
