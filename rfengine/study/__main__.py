@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--sample-steps", nargs="+", type=int, default=[5, 10, 20, 50])
     p.add_argument("--stop-after", choices=["calibration", "selection"], help="stop after this phase")
+    p.add_argument("--status", action="store_true",
+                   help="print what has finished so far (paired ratios on the seeds complete so far); trains nothing")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the pipeline (about 3 minutes)")
     a = p.parse_args(argv)
     if a.quick:
@@ -223,8 +225,29 @@ def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
     return summary
 
 
+def status(args) -> str:
+    """The selection seeds finished so far and their paired ratios: progress, not the answer (the
+    choice is made on all selection seeds)."""
+    out = Path(args.out)
+    results = {}
+    for f in sorted((out / "finetune").glob("*/scores.json")):
+        r = json.loads(f.read_text())
+        results[(r["variant"], r["seed"])] = r
+    seeds = [s for s in args.select_seeds if all((v, s) in results for v in args.variants)]
+    lines = [f"{out}: {len(results)} fine-tunes scored; selection seeds complete: {seeds or 'none'} "
+             f"of {args.select_seeds}"]
+    if seeds:
+        for r in stats.compare(results, args.variants, seeds, args.sample_steps):
+            per = ", ".join(f"{100 * (np.exp(x) - 1):+.1f}%" for x in r["per_seed"])
+            lines.append(f"  {r['variant']:>10} @{r['sample_steps']:<3} FD vs FM per seed: {per}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.status:
+        print(status(args))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     summary = run(args)
     if summary.get("headline"):

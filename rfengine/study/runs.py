@@ -84,7 +84,8 @@ def train(variant: str, seed: int, run_dir: Path, steps: int, ckpt_every: int, e
     from rfengine.trainer import Trainer
     cfg = _config(variant, seed, run_dir, steps, [f"train.ckpt_every={ckpt_every}", "train.keep_ckpts=1000", *extra])
     t0 = time.process_time()
-    Trainer(cfg, resume="auto").run()
+    if Trainer(cfg, resume="auto").run().get("stopped"):  # SIGTERM: checkpointed; its scores would be stale
+        raise RuntimeError(f"{run_dir}: stopped by a signal; run the study again to continue from its checkpoint")
     return time.process_time() - t0
 
 

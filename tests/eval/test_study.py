@@ -31,6 +31,8 @@ def test_quick_protocol_end_to_end_and_resume(tmp_path):
         assert p["stopped_at"] and p["reason"] and p["history"]
     assert (out / "pretrain" / "s0" / "pretrained.safetensors").is_file()
     assert (out / "fd_vs_seconds.png").is_file() and "Headline" in (out / "report.md").read_text()
+    text = study.status(study.parse_args(["--quick", "--out", str(out)]))
+    assert "selection seeds complete: [0, 1]" in text and "fc_input @20" in text
     before = (out / "selection.json").read_text()
     assert study.main(["--quick", "--out", str(out), "--workers", "1"]) == 0  # resumes: nothing retrained
     assert (out / "selection.json").read_text() == before
