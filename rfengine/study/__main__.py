@@ -240,6 +240,15 @@ def status(args) -> str:
         for r in stats.compare(results, args.variants, seeds, args.sample_steps):
             per = ", ".join(f"{100 * (np.exp(x) - 1):+.1f}%" for x in r["per_seed"])
             lines.append(f"  {r['variant']:>10} @{r['sample_steps']:<3} FD vs FM per seed: {per}")
+        from rfengine.study.report import plot
+        starts = {str(s): json.loads((out / "pretrain" / f"s{s}" / "scores.json").read_text()) for s in seeds
+                  if (out / "pretrain" / f"s{s}" / "scores.json").is_file()}
+        partial = {"calibration": json.loads((out / "calibration.json").read_text()), "start_scores": starts,
+                   "protocol": {"samples": args.samples},
+                   "curves": {f"{v}_s{s}": results[(v, s)]["curve"] for v in args.variants for s in seeds}}
+        path = plot(partial, out / "fd_vs_seconds_partial.png",
+                    f"In progress: selection seeds {seeds} of {args.select_seeds} (not the answer)")
+        lines.append(f"  plot: {path}")
     return "\n".join(lines)
 
 

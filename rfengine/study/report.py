@@ -78,7 +78,7 @@ def tables(summary: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(summary: dict, path: Path) -> Path:
+def plot(summary: dict, path: Path, title: str = "Fine-tuning a plateaued FM model at equal compute") -> Path:
     """FD@20 against calibrated CPU seconds of fine-tuning, per variant (geometric mean over seeds,
     thin lines per seed), starting from the pretrained model's FD at 0 s."""
     import matplotlib
@@ -103,7 +103,7 @@ def plot(summary: dict, path: Path) -> Path:
         ax.plot(xs, ys, color=color, lw=2, marker="o", ms=3, label=f"{LABELS.get(v, v)} ({len(by_seed)} seeds)")
     ax.set_xlabel("fine-tuning compute (CPU seconds, one thread)")
     ax.set_ylabel(f"FD @ 20 Euler steps ({summary['protocol']['samples']} samples)")
-    ax.set_title("Fine-tuning a plateaued FM model at equal compute")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -33,6 +33,7 @@ def test_quick_protocol_end_to_end_and_resume(tmp_path):
     assert (out / "fd_vs_seconds.png").is_file() and "Headline" in (out / "report.md").read_text()
     text = study.status(study.parse_args(["--quick", "--out", str(out)]))
     assert "selection seeds complete: [0, 1]" in text and "fc_input @20" in text
+    assert (out / "fd_vs_seconds_partial.png").is_file()
     before = (out / "selection.json").read_text()
     assert study.main(["--quick", "--out", str(out), "--workers", "1"]) == 0  # resumes: nothing retrained
     assert (out / "selection.json").read_text() == before
