@@ -8,6 +8,8 @@ renamed). Unset in normal runs; reading it costs nothing.
 Storage faults (`disturb`, after the step, on rank 0, the run goes on): `fill_disk` writes
 `<out>/filler` until the filesystem has `RFENGINE_FAULT_LEAVE` bytes free (default 200 kB: metrics
 rows still fit, a checkpoint does not); `remove_dir` deletes the run's `checkpoints/` folder.
+(A read-only remount mid-run is refused while the run has files open, so read-only folders are
+tested with injected errors.)
 """
 from __future__ import annotations
 

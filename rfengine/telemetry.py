@@ -38,7 +38,10 @@ class MetricsFile:
         self._f.write(json.dumps(row) + "\n")
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # the failed write that got here is already reported (storage.WriteError)
+            pass
 
 
 class Throughput:
@@ -271,10 +274,18 @@ def progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, smoothing=0.1)
 
 
+class _LogFile(logging.FileHandler):
+    """log.txt that goes quiet when it cannot be written (a full disk): stderr still has every line,
+    and logging's own error report would bury the run's one-line error."""
+
+    def handleError(self, record):
+        self.setLevel(logging.CRITICAL + 1)
+
+
 def setup_logging(is_main: bool, out_dir: Path | None = None) -> None:
     """INFO to stderr (and log.txt) on rank 0, warnings only elsewhere."""
     handlers = [logging.StreamHandler()]
     if is_main and out_dir is not None:
-        handlers.append(logging.FileHandler(out_dir / "log.txt"))
+        handlers.append(_LogFile(out_dir / "log.txt"))
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers,
                         format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S", force=True)

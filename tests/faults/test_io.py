@@ -136,15 +136,31 @@ def test_injected_enospc_on_checkpoint_and_export(tmp_path, monkeypatch):
         tr.run()
 
 
-def test_vanished_checkpoint_folder_is_an_error_not_recreated(tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_vanished_checkpoint_folder_is_an_error_not_recreated(tmp_path, nproc):
     out = tmp_path / "run"
-    r = train_cli("--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}"),
-                  env={"RFENGINE_FAULT": "remove_dir@5"})
-    assert r.returncode == 1
-    line = _one_error_line(r.stderr)
+    args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}")]
+    env = {"RFENGINE_FAULT": "remove_dir@5"}
+    r = train_cli(*args, env=env) if nproc == 1 else torchrun(2, *args, env=env, timeout=240)
+    assert r.returncode != 0
+    assert r.stderr.count("rfengine: error: writing") == nproc, r.stderr[-3000:]  # every process, one line
+    line = next(x for x in r.stderr.splitlines() if x.startswith("rfengine: error:"))
     assert "step_00000008.pt failed: No such file or directory: the folder" in line and "was removed" in line
     assert "no complete checkpoint was written yet" in line
     assert not (out / "checkpoints").exists()
+
+
+def test_two_process_metrics_write_failure_stops_every_process(tmp_path):
+    """A disk with no room left even for a metrics row: rank 0's failed metrics.jsonl write reaches
+    the other process through the step's flags, and both stop."""
+    with tmpfs(tmp_path / "fs", "16m") as mnt:
+        out = mnt / "run"
+        r = torchrun(2, "--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}"),
+                     env={"RFENGINE_FAULT": "fill_disk@5", "RFENGINE_FAULT_LEAVE": "0"}, timeout=240)
+        assert r.returncode != 0
+        assert r.stderr.count("rfengine: error: writing") == 2, r.stderr[-3000:]
+        assert "metrics.jsonl failed: No space left on device" in r.stderr
+        assert "step_00000004.pt (step 4)" in r.stderr
 
 
 def test_metrics_write_failure_stops_the_run(tmp_path, monkeypatch):
