@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
+import sys
 import weakref
 from dataclasses import dataclass
 
@@ -247,16 +247,17 @@ def main(argv=None) -> int:
     if a.gpus < 1 or not 0 < a.mfu <= 1:
         ap.error("--gpus must be >= 1 and --mfu in (0, 1]")
 
+    try:
+        cfg = config_lib.load(a.config, a.overrides)
+    except config_lib.ConfigError as e:
+        print(f"rfengine: config error: {e}", file=sys.stderr)
+        return 2
+
     def body():
         import json
-        cfg = config_lib.load(a.config, a.overrides)
         p = plan(cfg, a.gpus, a.card, a.mfu, a.reserve_gib)
         print(json.dumps(p, indent=1) if a.json else render(p))
-    try:
-        return run(body)
-    except config_lib.ConfigError as e:
-        print(f"rfengine: config error: {e}")
-        return 2
+    return run(body)
 
 
 if __name__ == "__main__":

@@ -439,7 +439,7 @@ class Trainer:
             log.info("done: %d steps in %.1f s (%.3f s/step); samples %s", self.step - start, elapsed,
                      elapsed / max(self.step - start, 1), grid)
             summary = {"step": self.step, "stopped": False, "seconds": elapsed, "init_from": self.init_source,
-                   "throughput": self._summary(meter)}
+                       "throughput": self._summary(meter)}
             if self.dist.is_main:  # the run's rates in one small file (bench/train_check.py reads it)
                 (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
             return summary
