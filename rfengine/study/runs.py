@@ -117,8 +117,8 @@ def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict)
         if "stopped_at" in state:
             shutil.copyfile(run_dir / "run" / "ema.safetensors", run_dir / "pretrained.safetensors")
         write_json(state_path, state)
-    for ckpt in (run_dir / "run" / "checkpoints").glob("step_*.pt"):  # the weights live on in pretrained.safetensors
-        ckpt.unlink()
+    # The chunk checkpoints stay (about 5 MB each, not committed): a scheduled run (FM, then ReflexFlow
+    # for the last part of the same run) branches from them with its optimizer state and data position.
     return state
 
 
