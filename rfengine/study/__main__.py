@@ -43,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ft-fm-steps", type=int, default=1000,
                    help="fine-tune budget: the CPU seconds of this many FM steps, for every variant")
-    p.add_argument("--points", type=int, default=4, help="checkpoints scored along each fine-tune")
+    p.add_argument("--points", type=int, default=2, help="checkpoints scored along each fine-tune")
     p.add_argument("--chunk", type=int, default=1000, help="pretraining: steps between plateau checks")
     p.add_argument("--min-steps", type=int, default=3000)
     p.add_argument("--max-steps", type=int, default=12000)

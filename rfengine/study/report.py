@@ -89,17 +89,17 @@ def plot(summary: dict, path: Path, title: str = "Fine-tuning a plateaued FM mod
     curves = defaultdict(dict)
     for key, pts in summary["curves"].items():
         v, s = key.rsplit("_s", 1)
-        start = summary["start_scores"].get(s)
-        xs = [0.0] + [p["step"] * cal["cpu_seconds_per_step"][v] for p in pts]
-        ys = [start["by_steps"]["20"]["fd"] if start else np.nan] + [p["fd20"] for p in pts]
+        start = summary["start_scores"].get(s)  # the pretrained model at 0 s, once it is scored
+        xs = ([0.0] if start else []) + [p["step"] * cal["cpu_seconds_per_step"][v] for p in pts]
+        ys = ([start["by_steps"]["20"]["fd"]] if start else []) + [p["fd20"] for p in pts]
         curves[v][s] = (xs, ys)
     for i, (v, by_seed) in enumerate(sorted(curves.items())):
         color = f"C{i}"
         for xs, ys in by_seed.values():
             ax.plot(xs, ys, color=color, alpha=0.2, lw=0.8)
         n = min(len(ys) for _, ys in by_seed.values())
-        xs = np.mean([xs[:n] for xs, _ in by_seed.values()], axis=0)
-        ys = np.exp(np.nanmean([np.log(ys[:n]) for _, ys in by_seed.values()], axis=0))
+        xs = np.mean([xs[-n:] for xs, _ in by_seed.values()], axis=0)
+        ys = np.exp(np.mean([np.log(ys[-n:]) for _, ys in by_seed.values()], axis=0))
         ax.plot(xs, ys, color=color, lw=2, marker="o", ms=3, label=f"{LABELS.get(v, v)} ({len(by_seed)} seeds)")
     ax.set_xlabel("fine-tuning compute (CPU seconds, one thread)")
     ax.set_ylabel(f"FD @ 20 Euler steps ({summary['protocol']['samples']} samples)")
