@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rfengine import checkpoint, config as config_lib, faults, parallel, storage
+from rfengine import checkpoint, config as config_lib, faults, parallel, storage, weights
 from rfengine.data import batches, build_dataset
 from rfengine.models import build_model, drop_labels
 from rfengine.models.attention import check_backend as check_attention
@@ -83,8 +83,8 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.init_source = None  # weights this run started from (train.init_from); a resume overrides them
         if cfg.train.init_from:
-            self.init_source = checkpoint.init_weights(self.model, self.ema, cfg.train.init_from,
-                                                       cfg.train.init_weights)
+            self.init_source = weights.init_weights(self.model, self.ema, cfg.train.init_from,
+                                                    cfg.train.init_weights)
             log.info("initial weights from %s", self.init_source)
         check_attention(cfg.model.attention, self.dist.device, self.model.blocks[0].attn.head_dim)
         self.sharded = cfg.parallel.mode == "fsdp"

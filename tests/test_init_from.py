@@ -5,7 +5,7 @@ import argparse
 import pytest
 import torch
 
-from rfengine import checkpoint, config
+from rfengine import checkpoint, config, weights
 from rfengine.models import build_model
 from rfengine.trainer import Trainer
 from tests.helpers import tiny_cfg
@@ -42,16 +42,16 @@ def test_released_sit_state_dict_starts_a_fresh_run(tmp_path):
     assert config.load(tmp_path / "run" / "config.yaml").train.init_from == str(tmp_path / "SiT-T-4.pt")
 
 
-@pytest.mark.parametrize("weights", ["ema", "raw"])
-def test_sit_training_checkpoint_dict_picks_ema_or_model(tmp_path, weights):
+@pytest.mark.parametrize("which", ["ema", "raw"])
+def test_sit_training_checkpoint_dict_picks_ema_or_model(tmp_path, which):
     a, b = _model(), _model()
     for p in b.parameters():
         p.data.add_(1.0)
     torch.save({"model": a.state_dict(), "ema": b.state_dict(), "opt": {}, "args": argparse.Namespace(lr=1)},
                tmp_path / "0400000.pt")
     m, e = _model(), _model()
-    what = checkpoint.init_weights(m, e, tmp_path / "0400000.pt", weights)
-    assert _same(m, (b if weights == "ema" else a).state_dict()) and f"{weights} weights" in what
+    what = weights.init_weights(m, e, tmp_path / "0400000.pt", which)
+    assert _same(m, (b if which == "ema" else a).state_dict()) and f"{which} weights" in what
 
 
 def test_rfengine_checkpoint_export_and_sharded_folder(tmp_path):
@@ -61,22 +61,22 @@ def test_rfengine_checkpoint_export_and_sharded_folder(tmp_path):
     ema = {k: v.clone() for k, v in tr.ema.state_dict().items()}
     raw = {k: v.clone() for k, v in tr.model.state_dict().items()}
     pt = checkpoint.list_checkpoints(tmp_path / "a" / "checkpoints")[-1][1]
-    for path, weights, want in [(pt, "ema", ema), (pt, "raw", raw), (tmp_path / "a" / "ema.safetensors", "ema", ema)]:
+    for path, which, want in [(pt, "ema", ema), (pt, "raw", raw), (tmp_path / "a" / "ema.safetensors", "ema", ema)]:
         m, e = _model(), _model()
-        checkpoint.init_weights(m, e, path, weights)
-        assert _same(m, want) and _same(e, want), (path, weights)
+        weights.init_weights(m, e, path, which)
+        assert _same(m, want) and _same(e, want), (path, which)
     with pytest.raises(ValueError, match="holds the ema weights, not"):
-        checkpoint.init_weights(_model(), _model(), tmp_path / "a" / "ema.safetensors", "raw")
+        weights.init_weights(_model(), _model(), tmp_path / "a" / "ema.safetensors", "raw")
     folder = tmp_path / "sharded" / "step_00000003"
     checkpoint.save_sharded({"model": raw, "ema": ema}, {"step": 3}, folder, True)
     m, e = _model(), _model()
-    assert "sharded" in checkpoint.init_weights(m, e, folder, "ema") and _same(m, ema)
+    assert "sharded" in weights.init_weights(m, e, folder, "ema") and _same(m, ema)
 
 
 def test_mismatches_are_named_in_one_error(tmp_path):
     torch.save(_model(arch="DiT-T/2").state_dict(), tmp_path / "other.pt")
     with pytest.raises(ValueError) as e:
-        checkpoint.init_weights(_model(), _model(), tmp_path / "other.pt", "ema")
+        weights.init_weights(_model(), _model(), tmp_path / "other.pt", "ema")
     msg = str(e.value)
     assert "init_from" in msg and "shape mismatches" in msg and "x_embedder.proj.weight" in msg
     state = _model().state_dict()
@@ -84,26 +84,26 @@ def test_mismatches_are_named_in_one_error(tmp_path):
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "keys.pt")
     with pytest.raises(ValueError) as e:
-        checkpoint.init_weights(_model(), _model(), tmp_path / "keys.pt", "ema")
+        weights.init_weights(_model(), _model(), tmp_path / "keys.pt", "ema")
     assert "missing keys (1): blocks.0.attn.qkv.weight" in str(e.value)
     assert "unexpected keys (1): extra.weight" in str(e.value)
     torch.save({"args": 1, "opt": {}}, tmp_path / "noweights.pt")
     with pytest.raises(ValueError, match="holds no 'ema' weights"):
-        checkpoint.init_weights(_model(), _model(), tmp_path / "noweights.pt", "ema")
+        weights.init_weights(_model(), _model(), tmp_path / "noweights.pt", "ema")
 
 
 def test_learn_sigma_checkpoints(tmp_path):
     sigma = _model(learn_sigma=True)
     torch.save(sigma.state_dict(), tmp_path / "sigma.pt")
     with pytest.raises(ValueError, match="learn_sigma: true"):
-        checkpoint.init_weights(_model(), _model(), tmp_path / "sigma.pt", "ema")
+        weights.init_weights(_model(), _model(), tmp_path / "sigma.pt", "ema")
     m = _model(learn_sigma=True)
-    checkpoint.init_weights(m, _model(learn_sigma=True), tmp_path / "sigma.pt", "ema")
+    weights.init_weights(m, _model(learn_sigma=True), tmp_path / "sigma.pt", "ema")
     x, t, y = torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([1, 2])
     assert torch.equal(m(x, t, y), sigma(x, t, y)) and m(x, t, y).shape == (2, 1, 16, 16)  # velocity = first C
     torch.save(_model().state_dict(), tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="learn_sigma: false"):
-        checkpoint.init_weights(_model(learn_sigma=True), _model(learn_sigma=True), tmp_path / "plain.pt", "ema")
+        weights.init_weights(_model(learn_sigma=True), _model(learn_sigma=True), tmp_path / "plain.pt", "ema")
 
 
 def test_missing_file_is_a_config_error_and_resume_wins(tmp_path):
