@@ -9,11 +9,13 @@ import sys
 def run(body, expected: tuple = (ValueError, FileNotFoundError)) -> int:
     """Call `body()`; 0 when it returns, 1 (with the one-line message) when it raises an `expected` error."""
     from rfengine import parallel
+    clean = False
     try:
         body()
+        clean = True
     except expected as e:
         print(f"rfengine: error: {e}", file=sys.stderr)
         return 1
     finally:
-        parallel.shutdown()
+        parallel.shutdown(clean)
     return 0

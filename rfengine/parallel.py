@@ -152,6 +152,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Destroy the process group. After a clean run every process first meets the others, so that
+    none tears its connections down while another still uses them (gloo aborts the process then);
+    after an error there is no barrier, since another process may be gone."""
     if dist.is_initialized():
+        if clean and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()

@@ -131,6 +131,7 @@ def sample_main(argv=None) -> int:
     p.add_argument("--out", help="output folder (default: <run>/eval)")
     a = p.parse_args(argv)
     dist = parallel.init_distributed("auto")
+    done = False
     try:
         path = _resolve_checkpoint(a.run, a.ckpt)
         model, cfg, shape = load_model(path, a.weights)
@@ -164,8 +165,9 @@ def sample_main(argv=None) -> int:
                     "cfg": a.cfg, "shift": a.shift, "num": a.count, "seed": a.seed, "world": dist.world}
             (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
             print(f"wrote {out / (stem + '.npz')} ({arr.shape}, uint8 NHWC) and a grid")
+        done = True
     finally:
-        parallel.shutdown()
+        parallel.shutdown(clean=done)
     return 0
 
 
