@@ -18,6 +18,10 @@ def _pct(x: float) -> str:
     return f"{100 * (math.exp(x) - 1):+.1f}%" if math.isfinite(x) else "n/a"
 
 
+def _seconds(x) -> str:
+    return "n/a (resumed)" if x is None else f"{x:.0f}"
+
+
 def _ratio_table(rows: list[dict], steps) -> list[str]:
     lines = ["| variant | " + " | ".join(f"@{k}" for k in steps) + " |", "|---|" + "---|" * len(steps)]
     by = {(r["variant"], r["sample_steps"]): r for r in rows}
@@ -65,7 +69,7 @@ def tables(summary: dict) -> str:
             rel = "-" if r["log_ratio_to_fm"] is None or r["variant"] == "fm" else _pct(r["log_ratio_to_fm"])
             out.append(f"| {LABELS.get(r['variant'], r['variant'])} | {r['seed']} | {r['steps']} | {r['fd']:.2f} | "
                        f"{rel} | {r['precision']:.3f} | {r['recall']:.3f} | {r['cpu_seconds']:.0f} | "
-                       f"{r['cpu_seconds_measured']:.0f} |")
+                       f"{_seconds(r['cpu_seconds_measured'])} |")
     out += ["", "Exposure bias of the fine-tuned models (mean over seeds; paired error `||xhat - x||^2/d` along "
             "20-step trajectories, energy gap at the last step):", "", "| variant | paired error | energy gap |",
             "|---|---|---|"]

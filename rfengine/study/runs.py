@@ -79,14 +79,18 @@ def calibrate(variant: str, lr: float, warm: int = 10, steps: int = 40) -> float
 # Training jobs
 # ---------------------------------------------------------------------------------------------
 
-def train(variant: str, seed: int, run_dir: Path, steps: int, ckpt_every: int, extra: list[str]) -> float:
-    """Train (or resume) one run to `steps`; returns the CPU seconds this call spent in training."""
+def train(variant: str, seed: int, run_dir: Path, steps: int, ckpt_every: int, extra: list[str],
+          start: int = 0) -> float | None:
+    """Train one run from its checkpoint at `start` (or from scratch) to `steps`; returns the CPU
+    seconds it spent, or None when it resumed an interrupted call (a checkpoint past `start`: the
+    seconds before the interruption were not kept)."""
     from rfengine.trainer import Trainer
     cfg = _config(variant, seed, run_dir, steps, [f"train.ckpt_every={ckpt_every}", "train.keep_ckpts=1000", *extra])
+    resumed = any(step > start for step, _ in checkpoint.list_checkpoints(run_dir / "checkpoints"))
     t0 = time.process_time()
     if Trainer(cfg, resume="auto").run().get("stopped"):  # SIGTERM: checkpointed; its scores would be stale
         raise RuntimeError(f"{run_dir}: stopped by a signal; run the study again to continue from its checkpoint")
-    return time.process_time() - t0
+    return None if resumed else time.process_time() - t0
 
 
 def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict) -> dict:
@@ -101,7 +105,8 @@ def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict)
     scorer = Scorer(**scorer_args)
     while "stopped_at" not in state:
         step = (len(state["history"]) + 1) * rule["chunk"]
-        state["cpu_seconds"] += train("fm", seed, run_dir / "run", step, rule["chunk"], [f"optim.lr={lr}"])
+        spent = train("fm", seed, run_dir / "run", step, rule["chunk"], [f"optim.lr={lr}"], start=step - rule["chunk"])
+        state["cpu_seconds"] = None if spent is None or state["cpu_seconds"] is None else state["cpu_seconds"] + spent
         model = load(run_dir / "run" / "ema.safetensors")
         fd = scorer.fd(model, 20, rule["samples"])
         state["history"].append({"step": step, "fd20": fd})

@@ -28,7 +28,8 @@ def test_quick_protocol_end_to_end_and_resume(tmp_path):
     assert {r["sample_steps"] for r in rows} == {2, 20} and all(r["log_ratio_to_fm"] is not None for r in rows)
     assert {r["phase"] for r in rows} == {"selection", "confirmation"}
     for p in s["pretrain"].values():
-        assert p["stopped_at"] and p["reason"] and p["history"]
+        assert p["stopped_at"] and p["reason"] and p["history"] and p["cpu_seconds"] > 0
+    assert all(r["cpu_seconds_measured"] > 0 for r in s["rows"])  # uninterrupted runs: measured
     assert (out / "pretrain" / "s0" / "pretrained.safetensors").is_file()
     assert (out / "fd_vs_seconds.png").is_file() and "Headline" in (out / "report.md").read_text()
     text = study.status(study.parse_args(["--quick", "--out", str(out)]))
