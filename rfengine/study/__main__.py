@@ -180,12 +180,18 @@ def run(args) -> dict:
     return summarize(args, out, cal, selection)
 
 
-def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
-    from rfengine.study.report import write_report
-    results, starts, plateaus = {}, {}, {}
+def finetune_results(out: Path) -> dict:
+    """(variant, seed) -> scores of every finished fine-tune."""
+    results = {}
     for f in sorted((out / "finetune").glob("*/scores.json")):
         r = json.loads(f.read_text())
         results[(r["variant"], r["seed"])] = r
+    return results
+
+
+def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
+    from rfengine.study.report import write_report
+    results, starts, plateaus = finetune_results(out), {}, {}
     for s in [*args.select_seeds, *args.confirm_seeds]:
         pre = out / "pretrain" / f"s{s}"
         if (pre / "scores.json").is_file():
@@ -229,10 +235,7 @@ def status(args) -> str:
     """The selection seeds finished so far and their paired ratios: progress, not the answer (the
     choice is made on all selection seeds)."""
     out = Path(args.out)
-    results = {}
-    for f in sorted((out / "finetune").glob("*/scores.json")):
-        r = json.loads(f.read_text())
-        results[(r["variant"], r["seed"])] = r
+    results = finetune_results(out)
     seeds = [s for s in args.select_seeds if all((v, s) in results for v in args.variants)]
     lines = [f"{out}: {len(results)} fine-tunes scored; selection seeds complete: {seeds or 'none'} "
              f"of {args.select_seeds}"]
