@@ -11,8 +11,10 @@ counts, so every run is reproducible and the budget is equal by construction; ea
 CPU seconds are recorded next to it.
 
 Selection seeds choose the variant (lowest mean log FD ratio to FM at 20 Euler steps); the choice is
-frozen in selection.json before any confirmation seed is trained, and only FM and the chosen variant
-run on the confirmation seeds. Output: results/digits_v2/{summary.json, report.md, fd_vs_seconds.png}.
+frozen in selection.json before any confirmation seed is fine-tuned, and only FM and the chosen variant
+are fine-tuned on the confirmation seeds. Their FM pretraining, which involves no variant, may run
+while the selection is still going (it keeps both cores busy). All jobs form one dependency graph.
+Output: results/digits_v2/{summary.json, report.md, fd_vs_seconds.png}.
 """
 from __future__ import annotations
 
@@ -137,19 +139,25 @@ def calibrate(args, out: Path, pool: Pool) -> dict:
     return cal
 
 
-def seed_jobs(args, out: Path, seed: int, variants, cal: dict) -> dict:
-    """Pretrain, score the pretrained model, fine-tune every variant: one seed's jobs."""
+def seed_jobs(args, out: Path, seed: int, cal: dict, confirm: bool = False) -> dict:
+    """One seed's jobs: pretrain, score the pretrained model, fine-tune. A selection seed fine-tunes
+    every variant; a confirmation seed fine-tunes FM and the chosen variant, and both wait for the
+    `select` job (its FM pretraining, which involves no variant, may run during selection)."""
     scorer = {"samples": args.samples, "sample_steps": args.sample_steps}
     rule = {k: getattr(args, k) for k in ("chunk", "min_steps", "max_steps", "patience", "tol")}
     rule["samples"] = args.plateau_samples
     pre = out / "pretrain" / f"s{seed}"
     init = pre / "pretrained.safetensors"
-    jobs = {f"pretrain s{seed}": (2, [], runs.pretrain, (seed, pre, rule, args.lr, scorer)),
-            f"start s{seed}": (1, [f"pretrain s{seed}"], runs.score_file, (init, scorer, pre / "scores.json"))}
-    for v in variants:
-        jobs[f"{v} s{seed}"] = (0, [f"pretrain s{seed}"], runs.finetune,
-                                (v, seed, out / "finetune" / f"{v}_s{seed}", init, cal["finetune_steps"][v],
-                                 args.points, args.lr, scorer))
+    # Priorities (lowest first): the long pretraining runs start early, so the short fine-tunes fill the end.
+    jobs = {f"pretrain s{seed}": (3 if confirm else 0, [], runs.pretrain, (seed, pre, rule, args.lr, scorer)),
+            f"start s{seed}": (4, [f"pretrain s{seed}"], runs.score_file, (init, scorer, pre / "scores.json"))}
+    deps = [f"pretrain s{seed}", *(["select"] if confirm else [])]
+    for v in (["fm"] if confirm else args.variants):
+        jobs[f"{v} s{seed}"] = (1, deps, runs.finetune, (v, seed, out / "finetune" / f"{v}_s{seed}", init,
+                                                         cal["finetune_steps"][v], args.points, args.lr, scorer))
+    if confirm:
+        jobs[f"chosen s{seed}"] = (1, deps, runs.finetune_chosen, (out, seed, init, cal["finetune_steps"],
+                                                                    args.points, args.lr, scorer))
     return jobs
 
 
@@ -163,35 +171,19 @@ def run(args) -> dict:
         return {}
     jobs = {}
     for s in args.select_seeds:
-        jobs.update(seed_jobs(args, out, s, args.variants, cal))
-    done = pool.run(jobs, "selection")
-    sel_path = out / "selection.json"
-    if not sel_path.is_file():  # made once, before any confirmation seed is trained
-        results = {(r["variant"], r["seed"]): r for k, r in done.items() if "variant" in r}
-        rows = stats.compare(results, args.variants, args.select_seeds, args.sample_steps)
-        runs.write_json(sel_path, {**stats.choose(rows), "seeds": args.select_seeds, "rows": rows})
-    selection = json.loads(sel_path.read_text())
-    if args.stop_after == "selection":
-        return summarize(args, out, cal, selection)
-    jobs = {}
-    for s in args.confirm_seeds:
-        jobs.update(seed_jobs(args, out, s, ["fm", selection["variant"]], cal))
-    pool.run(jobs, "confirmation")
+        jobs.update(seed_jobs(args, out, s, cal))
+    jobs["select"] = (0, [f"{v} s{s}" for s in args.select_seeds for v in args.variants], runs.select,
+                      (out, args.variants, args.select_seeds, args.sample_steps))
+    if args.stop_after != "selection":
+        for s in args.confirm_seeds:
+            jobs.update(seed_jobs(args, out, s, cal, confirm=True))
+    selection = pool.run(jobs, "study")["select"]
     return summarize(args, out, cal, selection)
-
-
-def finetune_results(out: Path) -> dict:
-    """(variant, seed) -> scores of every finished fine-tune."""
-    results = {}
-    for f in sorted((out / "finetune").glob("*/scores.json")):
-        r = json.loads(f.read_text())
-        results[(r["variant"], r["seed"])] = r
-    return results
 
 
 def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
     from rfengine.study.report import write_report
-    results, starts, plateaus = finetune_results(out), {}, {}
+    results, starts, plateaus = runs.finetune_results(out), {}, {}
     for s in [*args.select_seeds, *args.confirm_seeds]:
         pre = out / "pretrain" / f"s{s}"
         if (pre / "scores.json").is_file():
@@ -235,7 +227,7 @@ def status(args) -> str:
     """The selection seeds finished so far and their paired ratios: progress, not the answer (the
     choice is made on all selection seeds)."""
     out = Path(args.out)
-    results = finetune_results(out)
+    results = runs.finetune_results(out)
     seeds = [s for s in args.select_seeds if all((v, s) in results for v in args.variants)]
     lines = [f"{out}: {len(results)} fine-tunes scored; selection seeds complete: {seeds or 'none'} "
              f"of {args.select_seeds}"]

@@ -154,6 +154,37 @@ def finetune(variant: str, seed: int, run_dir: Path, init: Path, steps: int, poi
     return result
 
 
+def finetune_results(out: Path) -> dict:
+    """(variant, seed) -> scores of every finished fine-tune under the study folder `out`."""
+    results = {}
+    for f in sorted((out / "finetune").glob("*/scores.json")):
+        r = json.loads(f.read_text())
+        results[(r["variant"], r["seed"])] = r
+    return results
+
+
+def select(out: Path, variants, seeds, sample_steps) -> dict:
+    """Choose the variant on the selection seeds and freeze the choice in selection.json (made once;
+    a later call returns the frozen choice)."""
+    from rfengine.study import stats
+    path = out / "selection.json"
+    if not path.is_file():
+        results = finetune_results(out)
+        missing = [f"{v} s{s}" for s in seeds for v in variants if (v, s) not in results]
+        if missing:
+            raise RuntimeError(f"selection needs every selection fine-tune; missing: {', '.join(missing)}")
+        rows = stats.compare(results, variants, seeds, sample_steps)
+        write_json(path, {**stats.choose(rows), "seeds": list(seeds), "rows": rows})
+    return json.loads(path.read_text())
+
+
+def finetune_chosen(out: Path, seed: int, init: Path, steps: dict, points: int, lr: float, scorer_args: dict) -> dict:
+    """A confirmation fine-tune of the variant frozen in selection.json (which must exist)."""
+    variant = json.loads((out / "selection.json").read_text())["variant"]
+    return finetune(variant, seed, out / "finetune" / f"{variant}_s{seed}", init, steps[variant], points, lr,
+                    scorer_args)
+
+
 def score_file(path: Path, scorer_args: dict, out: Path) -> dict:
     """The full score of the model in `path` (cached in `out`)."""
     if out.is_file():

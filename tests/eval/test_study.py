@@ -8,7 +8,7 @@ import math
 import pytest
 
 from rfengine.study import __main__ as study
-from rfengine.study import stats
+from rfengine.study import runs, stats
 
 
 def test_quick_protocol_end_to_end_and_resume(tmp_path):
@@ -54,3 +54,19 @@ def test_paired_statistics():
     assert stats.verdict(-0.2, -0.3, -0.1).startswith("beats FM")
     assert stats.verdict(0.1, -0.3, 0.5).startswith("not distinguishable")
     assert stats.verdict(0.2, 0.1, 0.3).startswith("loses to FM")
+
+
+def test_confirmation_waits_for_the_frozen_choice(tmp_path):
+    """Confirmation fine-tunes depend on the `select` job; their FM pretraining does not (it involves
+    no variant), and `select` refuses to choose before every selection fine-tune is scored."""
+    args = study.parse_args(["--quick", "--out", str(tmp_path)])
+    cal = {"finetune_steps": {"fm": 8, "fc_input": 8}}
+    sel = study.seed_jobs(args, tmp_path, 0, cal)
+    assert {j for j in sel if j != "pretrain s0" and j != "start s0"} == {"fm s0", "fc_input s0"}
+    assert all("select" not in deps for _, deps, _, _ in sel.values())
+    conf = study.seed_jobs(args, tmp_path, 2, cal, confirm=True)
+    assert set(conf) == {"pretrain s2", "start s2", "fm s2", "chosen s2"}
+    assert conf["pretrain s2"][1] == [] and all("select" in conf[j][1] for j in ("fm s2", "chosen s2"))
+    with pytest.raises(RuntimeError, match="missing: fm s0, fc_input s0"):
+        runs.select(tmp_path, ["fm", "fc_input"], [0], [20])
+    assert not (tmp_path / "selection.json").exists()
