@@ -21,6 +21,16 @@ def names(paths) -> dict[str, str]:
         path = Path(path).resolve()
         here = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         tree = ast.parse(path.read_text(), str(path))
+        # names bound to torch modules in this file: `import torch.distributed as dist`, `from torch import nn`
+        roots = {"torch": "torch"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "torch" and alias.asname:
+                        roots[alias.asname] = alias.name
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "torch":
+                for alias in node.names:
+                    roots.setdefault(alias.asname or alias.name, f"{node.module}.{alias.name}")
         for node in ast.walk(tree):
             dotted = None
             if isinstance(node, ast.Attribute):
@@ -28,8 +38,8 @@ def names(paths) -> dict[str, str]:
                 while isinstance(cur, ast.Attribute):
                     parts.append(cur.attr)
                     cur = cur.value
-                if isinstance(cur, ast.Name) and cur.id == "torch":
-                    dotted = ".".join(["torch", *reversed(parts)])
+                if isinstance(cur, ast.Name) and cur.id in roots:
+                    dotted = ".".join([roots[cur.id], *reversed(parts)])
             elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "torch":
                 for alias in node.names:
                     found.setdefault(f"{node.module}.{alias.name}", f"{here}:{node.lineno}")

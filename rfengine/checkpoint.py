@@ -80,31 +80,40 @@ def save_atomic(obj, path: str | Path, before_rename=None) -> Path:
 
 
 class BackgroundWriter:
-    """Writes single-file checkpoints in a thread, one at a time, so that the training loop pays for
-    a snapshot of the state (a copy of its tensors in host memory), not for serialising it and
-    syncing it to storage, which on network storage takes tens of seconds. The file appears as
-    atomically as with `save_atomic` (it is `save_atomic`), so resume is unchanged: a crash during a
-    background write leaves the previous checkpoints. At most one write is in flight (memory stays
-    bounded: the next `submit` waits for it); a failed write is kept for `failure()` and raised by
-    the next `submit` or `wait`."""
+    """Writes checkpoints in a thread, one at a time, so that the training loop pays for a snapshot of
+    the state (a copy of its tensors in host memory), not for serialising it and syncing it to storage,
+    which on network storage takes tens of seconds. Single files go through `save_atomic` and sharded
+    folders through DCP's `async_save` and the same rename as `save_sharded`, so each appears as
+    atomically as when written in the foreground and resume is unchanged: a crash during a background
+    write leaves the previous checkpoints. At most one write is in flight (memory stays bounded: the
+    next write waits for it); a failed write is kept for `failure()` and raised by `wait`."""
 
     def __init__(self):
         self._thread = None
         self._error = None
 
     def submit(self, state: dict, path: Path, before_rename=None, after=None) -> None:
-        import threading
+        """A single-file checkpoint of `state` (snapshot now, written in the background)."""
         self.wait()
         snap = _snapshot(state)
 
         def work():
+            save_atomic(snap, path, before_rename)
+            if after is not None:
+                after()
+        self.start(work)
+
+    def start(self, work) -> None:
+        """Run `work()` in the writer thread (after the write in flight); its error is kept."""
+        import threading
+        self.wait()
+
+        def run():
             try:
-                save_atomic(snap, path, before_rename)
-                if after is not None:
-                    after()
+                work()
             except Exception as e:  # kept for the training loop, which stops every process on it
                 self._error = e
-        self._thread = threading.Thread(target=work, name="rfengine-checkpoint-writer")
+        self._thread = threading.Thread(target=run, name="rfengine-checkpoint-writer")
         self._thread.start()
 
     def failure(self) -> Exception | None:
@@ -156,11 +165,19 @@ def _raise_if_any(error: Exception | None, tmp: Path, is_main: bool) -> None:
     raise error if isinstance(error, storage.WriteError) else storage.WriteError(str(failed[0]))
 
 
-def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, before_rename=None) -> Path:
+def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, before_rename=None,
+                 writer: BackgroundWriter | None = None, group=None, after=None) -> Path:
     """Collective: every process writes its shards of `tensors` (nested state dicts of DTensors or
     plain tensors) with torch.distributed.checkpoint into a hidden folder; rank 0 adds `meta.pt`
-    and renames the folder into place once all shards are on disk. A failed write on any process
-    raises a `storage.WriteError` on every process and leaves no folder behind."""
+    and renames the folder into place once all shards are on disk (DCP's last step gathers every
+    process's write result on rank 0, so rank 0 finishing means every shard is written), then runs
+    `after`. A failed write on any process raises a `storage.WriteError` on every process and
+    leaves no folder behind.
+
+    With a `writer`, the state is staged (copied to host memory) now and written in the background
+    by DCP's `async_save` over `group` (a process group of its own, so its collectives never meet
+    the training loop's); a failure is then the writer's (`failure()`, `wait()`) on every process
+    where DCP's write failed, and on rank 0 where the rename failed."""
     import torch.distributed.checkpoint as dcp
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-dcp")
@@ -172,13 +189,8 @@ def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, bef
         except OSError as e:
             error = storage.write_error(tmp, e)
     _raise_if_any(error, tmp, is_main)
-    try:
-        with _one_process_ok():
-            dcp.save(tensors, checkpoint_id=str(tmp))  # files are fsynced by the writer
-    except (Exception, dcp.api.CheckpointException) as e:  # DCP's own error is a BaseException
-        error = storage.write_error(path, e)
-    _raise_if_any(error, tmp, is_main)
-    if is_main:
+
+    def finish():
         try:
             torch.save(meta, tmp / META)  # no rename of its own: the folder's rename below makes it appear
             _fsync_file(tmp / META)
@@ -190,7 +202,45 @@ def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, bef
             os.replace(tmp, path)
             _fsync_dir(path.parent)
         except Exception as e:
+            raise storage.write_error(path, e) from e
+        if after is not None:
+            after()
+
+    if writer is not None:
+        future = None
+        try:
+            with _one_process_ok():
+                future = dcp.async_save(tensors, checkpoint_id=str(tmp), process_group=group)
+        except (Exception, dcp.api.CheckpointException) as e:
             error = storage.write_error(path, e)
+        _raise_if_any(error, tmp, is_main)
+
+        def work():
+            try:
+                future.result()
+            except (Exception, dcp.api.CheckpointException) as e:
+                if is_main:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise storage.write_error(path, e) from None
+            if is_main:
+                try:
+                    finish()
+                except storage.WriteError:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+        writer.start(work)
+        return path
+    try:
+        with _one_process_ok():
+            dcp.save(tensors, checkpoint_id=str(tmp))  # files are fsynced by the writer
+    except (Exception, dcp.api.CheckpointException) as e:  # DCP's own error is a BaseException
+        error = storage.write_error(path, e)
+    _raise_if_any(error, tmp, is_main)
+    if is_main:
+        try:
+            finish()
+        except storage.WriteError as e:
+            error = e
     _raise_if_any(error, tmp, is_main)
     return path
 

@@ -5,6 +5,11 @@ Points: `after_step` (after the optimizer step, before logging), `checkpoint_wri
 temporary file, or every file of a sharded checkpoint's temporary folder, is half written, not yet
 renamed). Unset in normal runs; reading it costs nothing.
 
+Slow storage: `hold_write` holds the checkpoint of that step between its write and its rename until
+the file `<out>/release` appears (at most `RFENGINE_FAULT_HOLD` seconds, default 60, then it says so
+on stderr and goes on): a test releases it once training has gone on, which it can only do if the
+write is not in the training loop's way.
+
 Storage faults (`disturb`, after the step, on rank 0, the run goes on): `fill_disk` writes
 `<out>/filler` until the filesystem has `RFENGINE_FAULT_LEAVE` bytes free (default 200 kB: metrics
 rows still fit, a checkpoint does not); `remove_dir` deletes the run's `checkpoints/` folder.
@@ -15,9 +20,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 
-POINTS = ("after_step", "checkpoint_write", "fill_disk", "remove_dir")
+POINTS = ("after_step", "checkpoint_write", "hold_write", "fill_disk", "remove_dir")
 
 
 def armed(point: str, step: int) -> bool:
@@ -47,6 +54,20 @@ def maybe_crash(point: str, step: int, partial_file: Path | None = None) -> None
                 f.flush()
                 os.fsync(f.fileno())
     kill_now()
+
+
+def before_rename(step: int, tmp: Path, out_dir: Path) -> None:
+    """The checkpoint faults between a checkpoint's write and its rename (rank 0): `checkpoint_write`
+    and `hold_write`."""
+    maybe_crash("checkpoint_write", step, tmp)
+    if armed("hold_write", step):
+        release = Path(out_dir) / "release"
+        deadline = time.monotonic() + float(os.environ.get("RFENGINE_FAULT_HOLD", 60))
+        while not release.exists():
+            if time.monotonic() > deadline:
+                print(f"rfengine: fault hold_write@{step}: not released in time", file=sys.stderr, flush=True)
+                return
+            time.sleep(0.05)
 
 
 def disturb(step: int, out_dir: Path, is_main: bool) -> None:

@@ -147,6 +147,14 @@ def all_gather_object(obj) -> list:
     return [obj]
 
 
+def side_group():
+    """A gloo process group of its own, for collectives that run beside the training loop's (a
+    checkpoint written in the background): collective (every process creates it); None for one process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.new_group(backend="gloo")
+    return None
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

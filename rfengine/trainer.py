@@ -112,7 +112,8 @@ class Trainer:
 
         self._stop = None  # run() installs the SIGTERM/SIGINT handler
         self._write_error = None  # an essential write (metrics.jsonl) that failed on this process
-        self.writer = checkpoint.BackgroundWriter()  # single-file checkpoints (rank 0)
+        self.writer = checkpoint.BackgroundWriter()  # single-file checkpoints (rank 0), sharded ones (every rank)
+        self.ckpt_group = parallel.side_group() if self.sharded and cfg.train.async_ckpt else None
         self.phases = PhaseTimer(self.dist.device)  # idle until run() times a logged step
         self.phases.watch_rollout(self.model)
         self.step = 0
@@ -212,33 +213,39 @@ class Trainer:
                 "data_shape": list(self.dataset.shape), "num_classes": self.model.num_classes}
 
     def save_checkpoint(self, wait: bool = True) -> Path | None:
-        """Collective. With `wait=False` and `train.async_ckpt`, a single-file checkpoint is written
-        in the background (its failure stops the run at the next step); the run's last one waits."""
+        """Collective. With `wait=False` and `train.async_ckpt`, the checkpoint is written in the
+        background (its failure stops the run at the next step); the run's last one waits."""
+        error = None
+        try:  # the write in flight first: its failure on any process stops every process here
+            self.writer.wait()
+        except storage.WriteError as e:
+            error = e
+        self._stop_on_write_error(error)
         rng = parallel.all_gather_object(checkpoint.capture_rng())
         step = self.step
         state = {**self._meta(), "batches": self.batches, "scheduler": self.scheduler.state_dict(), "rng": rng,
                  "world_size": self.dist.world, "last_finite_loss": self.last_finite_loss}
         folder = self.out / "checkpoints"
-        crash = lambda tmp: faults.maybe_crash("checkpoint_write", step, tmp)  # noqa: E731
-        path = error = None
+        crash = lambda tmp: faults.before_rename(step, tmp, self.out)  # noqa: E731
+        prune = lambda: checkpoint.prune(folder, self.cfg.train.keep_ckpts)  # noqa: E731
+        background = self.cfg.train.async_ckpt and not wait
+        path = None
         try:
             if self.sharded:  # every process writes its shards; a failure raises on every process
                 path = checkpoint.save_sharded(self._sharded_state(), {**state, "format": "dcp"},
                                                checkpoint.checkpoint_path(folder, step, sharded=True),
-                                               self.dist.is_main, before_rename=crash)
+                                               self.dist.is_main, before_rename=crash, after=prune,
+                                               writer=self.writer if background else None, group=self.ckpt_group)
             elif self.dist.is_main:
                 state.update(model=self.model.state_dict(), ema=self.ema.state_dict(),
                              optimizer=self.optimizer.state_dict())
                 path = checkpoint.checkpoint_path(folder, step)
-                prune = lambda: checkpoint.prune(folder, self.cfg.train.keep_ckpts)  # noqa: E731
                 self.writer.submit(state, path, before_rename=crash, after=prune)
-                if wait or not self.cfg.train.async_ckpt:
+                if not background:
                     self.writer.wait()
         except storage.WriteError as e:
             error = e
         self._stop_on_write_error(error)
-        if self.sharded and self.dist.is_main:
-            checkpoint.prune(folder, self.cfg.train.keep_ckpts)
         parallel.barrier()
         return path
 

@@ -46,6 +46,11 @@ def test_api_check_finds_a_missing_torch_name(tmp_path):
     spec.loader.exec_module(mod)
     src = tmp_path / "x.py"
     src.write_text("import torch\nfrom torch.nn import functional\ntorch.nn.functional.silu\ntorch.nn.nonexistent_layer\n"
-                   "from torch.distributed.fsdp import no_such_thing\n")
-    missing = sorted(n for n in mod.names([src]) if not mod.resolves(n))
-    assert missing == ["torch.distributed.fsdp.no_such_thing", "torch.nn.nonexistent_layer"]
+                   "from torch.distributed.fsdp import no_such_thing\n"
+                   "import torch.distributed.checkpoint as dcp\ndcp.async_save\ndcp.async_save_v9\n"
+                   "from torch import distributed as dist\ndist.new_group\n")
+    found = mod.names([src])
+    assert "torch.distributed.checkpoint.async_save" in found and "torch.distributed.new_group" in found
+    missing = sorted(n for n in found if not mod.resolves(n))
+    assert missing == ["torch.distributed.checkpoint.async_save_v9", "torch.distributed.fsdp.no_such_thing",
+                       "torch.nn.nonexistent_layer"]

@@ -252,6 +252,42 @@ def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
     assert checkpoint.load(tmp_path / "checkpoints" / "step_00000002.pt")["step"] == 2  # the state of step 2
 
 
+@pytest.mark.parametrize("mode", ["single", "fsdp"])
+def test_held_checkpoint_does_not_hold_training(tmp_path, mode):
+    """Slow storage, as processes: the step-4 checkpoint is held before its rename (fault
+    `hold_write`) until this test sees training log step 7; then it is released and must appear
+    complete. A write in the training loop's way would never let step 7 come (the hold gives up
+    after 60 s and says so). Single file on one process; sharded (DCP async_save) on two."""
+    import json
+    import os
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+    out = tmp_path / "run"
+    over = set_args(*RUN, "train.log_every=1", f"train.out_dir={out}", "objective.name=fm",
+                    *(["parallel.mode=fsdp"] if mode == "fsdp" else []))
+    pre = [sys.executable, "-m", "rfengine.train"] if mode == "single" else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "rfengine/train.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RFENGINE_FAULT": "hold_write@4"}
+    proc = subprocess.Popen([*pre, "--config", "configs/tiny.yaml", *over], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = 0, time.monotonic() + 120
+    while seen < 7 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
+        seen = max([json.loads(r)["step"] for r in rows if r.strip()] or [0])
+    held = not (out / "checkpoints" / ("step_00000004" + (".pt" if mode == "single" else ""))).exists()
+    (out / "release").touch()
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    assert seen >= 7 and held, (seen, held, err[-2000:])  # step 7 came while step 4's checkpoint was held
+    assert "not released in time" not in err
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == (["step_00000012.pt"] if mode == "single" else ["step_00000012"])  # keep_ckpts=1 pruned 4, 8
+    assert _no_temporaries(out)
+
+
 def test_a_failed_background_write_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
     import rfengine.checkpoint as ck
     real_save = torch.save
