@@ -13,18 +13,23 @@ write is not in the training loop's way.
 Storage faults (`disturb`, after the step, on rank 0, the run goes on): `fill_disk` writes
 `<out>/filler` until the filesystem has `RFENGINE_FAULT_LEAVE` bytes free (default 200 kB: metrics
 rows still fit, a checkpoint does not); `remove_dir` deletes the run's `checkpoints/` folder.
+At one write site (`full_disk`, rank 0): `fill_disk_export` fills the disk just before the EMA
+export of that step (and leaves it full); `fill_disk_grid` fills it for the sample grid of that
+step only (a scratch disk that another job fills and frees), so the run can go on.
 (A read-only remount mid-run is refused while the run has files open, so read-only folders are
 tested with injected errors.)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-POINTS = ("after_step", "checkpoint_write", "hold_write", "fill_disk", "remove_dir")
+POINTS = ("after_step", "checkpoint_write", "hold_write", "fill_disk", "remove_dir", "fill_disk_export",
+          "fill_disk_grid")
 
 
 def armed(point: str, step: int) -> bool:
@@ -75,11 +80,32 @@ def disturb(step: int, out_dir: Path, is_main: bool) -> None:
     if not is_main:
         return
     if armed("fill_disk", step):
-        import shutil
-        leave = int(os.environ.get("RFENGINE_FAULT_LEAVE", 200_000))
-        free = shutil.disk_usage(out_dir).free
-        with open(Path(out_dir) / "filler", "wb") as f:
-            f.write(b"\0" * max(free - leave, 0))
+        _fill(out_dir)
     if armed("remove_dir", step):
         import shutil
         shutil.rmtree(Path(out_dir) / "checkpoints")
+
+
+def _fill(out_dir: Path, leave: int | None = None) -> Path:
+    import shutil
+    leave = int(os.environ.get("RFENGINE_FAULT_LEAVE", 200_000)) if leave is None else leave
+    free = shutil.disk_usage(out_dir).free
+    filler = Path(out_dir) / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(free - leave, 0))
+    return filler
+
+
+@contextlib.contextmanager
+def full_disk(point: str, step: int, out_dir: Path):
+    """Around one write on rank 0: `fill_disk_export` fills the disk to the last byte and leaves it
+    so; `fill_disk_grid` fills it for this write only."""
+    if not armed(point, step):
+        yield
+        return
+    filler = _fill(out_dir, leave=0)
+    try:
+        yield
+    finally:
+        if point == "fill_disk_grid":
+            filler.unlink()

@@ -113,6 +113,13 @@ def apply_fsdp(model: torch.nn.Module, d: Dist, precision: str) -> torch.nn.Modu
     return model
 
 
+def reshard(model: torch.nn.Module) -> None:
+    """Free the gathered parameters of an FSDP2 model after a forward without backward (the root
+    keeps its own gathered after a forward, expecting a backward); nothing otherwise."""
+    if hasattr(model, "reshard"):
+        model.reshard()
+
+
 def wrap(model: torch.nn.Module, d: Dist, mode: str, precision: str) -> torch.nn.Module:
     """The data-parallel wrapper for `parallel.mode`: DDP (returns the wrapper) or FSDP2 (in place)."""
     if mode == "fsdp":

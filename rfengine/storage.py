@@ -25,7 +25,7 @@ def cause(exc: BaseException, path: Path) -> str:
     folder = Path(path).parent
     if not folder.exists():
         return f"{os.strerror(errno.ENOENT)}: the folder {folder} was removed"
-    for e in (exc, exc.__cause__, exc.__context__):
+    for e in _causes(exc):
         if isinstance(e, OSError) and e.errno:
             return os.strerror(e.errno)
     if not os.access(folder, os.W_OK):
@@ -33,6 +33,7 @@ def cause(exc: BaseException, path: Path) -> str:
     free = shutil.disk_usage(folder).free
     if free < 1 * MB:
         return f"{os.strerror(errno.ENOSPC)} ({free / MB:.1f} MB free)"
+    exc = next((e for e in _causes(exc) if not isinstance(getattr(e, "failures", None), dict)), exc)
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
@@ -61,6 +62,17 @@ def preflight(out_dir: Path, need_bytes: float, what: str) -> None:
     if free < need_bytes:
         raise WriteError(f"train.out_dir: {out_dir} needs {need_bytes / MB:.1f} MB ({what}) but its filesystem "
                          f"has {free / MB:.1f} MB free; free space, lower train.keep_ckpts or pick another folder")
+
+
+def _causes(exc: BaseException, depth: int = 0) -> list:
+    """`exc`, what it was raised from, and the per-process errors inside a torch.distributed.checkpoint
+    CheckpointException (`failures`: rank -> (exception, traceback)), which hold the OS's own error."""
+    if exc is None or depth > 4:
+        return []
+    found = [exc]
+    for rank_exc in getattr(exc, "failures", {}).values() if isinstance(getattr(exc, "failures", None), dict) else []:
+        found += _causes(rank_exc[0] if isinstance(rank_exc, tuple) else rank_exc, depth + 1)
+    return found + _causes(exc.__cause__, depth + 1) + _causes(exc.__context__, depth + 1)
 
 
 def _read_only(path: Path) -> bool:

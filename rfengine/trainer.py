@@ -257,8 +257,9 @@ class Trainer:
         path = error = None
         if self.dist.is_main:
             try:
-                path = checkpoint.export_safetensors(state, self.out / "ema.safetensors",
-                                                     {**self._meta(), "weights": "ema"})
+                with faults.full_disk("fill_disk_export", self.step, self.out):
+                    path = checkpoint.export_safetensors(state, self.out / "ema.safetensors",
+                                                         {**self._meta(), "weights": "ema"})
             except storage.WriteError as e:
                 error = e
         self._stop_on_write_error(error)
@@ -275,13 +276,16 @@ class Trainer:
         x = generate(self.ema, shape=self.dataset.shape, n=n, labels=labels, method=s.method, steps=s.steps,
                      cfg_scale=s.cfg_scale, shift=s.shift, seed=self.cfg.train.seed, device=self.dist.device,
                      null_class=self.model.null_class)
+        parallel.reshard(self.ema)  # else the EMA's root stays gathered, and the next EMA update meets full tensors
         if not self.dist.is_main:
             return None
         path = self.out / "samples" / f"step_{self.step:08d}.png"
         try:
-            return save_grid(x, path, nrow=min(n, 10))
+            with faults.full_disk("fill_disk_grid", self.step, self.out):
+                return save_grid(x, path, nrow=min(n, 10))
         except OSError as e:  # a grid is not essential: say so and go on
-            log.warning("sample grid not written: %s; training goes on", storage.write_error(path, e))
+            error = e if isinstance(e, storage.WriteError) else storage.write_error(path, e)
+            log.warning("sample grid not written: %s; training goes on", error)
             return None
 
     # -------------------------------------------------------------------------------------------
@@ -448,7 +452,11 @@ class Trainer:
             summary = {"step": self.step, "stopped": False, "seconds": elapsed, "init_from": self.init_source,
                        "throughput": self._summary(meter)}
             if self.dist.is_main:  # the run's rates in one small file (bench/train_check.py reads it)
-                (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+                try:
+                    checkpoint.write_atomic(self.out / "summary.json",
+                                            lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
+                except storage.WriteError as e:  # the run is complete; metrics.jsonl has the same numbers
+                    log.warning("run summary not written: %s", e)
             return summary
         finally:
             if bar is not None:

@@ -47,6 +47,16 @@ def test_fsdp_bf16_with_compile_and_checkpointing_tracks_ddp(tmp_path):
     _assert_close(fsdp, ddp, rel=3e-2)
 
 
+def test_fsdp_samples_mid_run_and_trains_on_unchanged(tmp_path):
+    """A sample grid mid-run (the sharded EMA's forward, no backward) leaves the EMA sharded (it was
+    left gathered at its root, and the next EMA update failed on full vs sharded tensors) and does
+    not change training: the same losses as without the grid."""
+    plain = _run(2, tmp_path / "plain", "parallel.mode=fsdp")
+    sampled = _run(2, tmp_path / "sampled", "parallel.mode=fsdp", "train.sample_every=2")
+    assert (tmp_path / "sampled" / "samples" / "step_00000002.png").is_file()
+    assert sampled == plain
+
+
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
     """A 2-process FSDP run of 4 steps with sharded checkpoints at steps 2 and 4."""

@@ -218,6 +218,54 @@ def test_two_processes_disk_full_stops_every_process(tmp_path, mode):
         assert _no_temporaries(out)
 
 
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_export_on_a_full_disk_then_resume(tmp_path, mode):
+    """The disk fills just before the EMA export (gathered from every process under FSDP): both
+    processes stop with one line naming ema.safetensors and the final checkpoint; once space is
+    freed, `--resume auto` writes the export (the run's weights are all in that checkpoint)."""
+    with tmpfs(tmp_path / "fs", "24m") as mnt:
+        out = mnt / "run"
+        args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}")]
+        r = torchrun(2, *args, env={"RFENGINE_FAULT": f"fill_disk_export@{STEPS}"}, timeout=240)
+        assert r.returncode != 0
+        assert r.stderr.count("rfengine: error: writing") == 2, r.stderr[-3000:]
+        line = next(x for x in r.stderr.splitlines() if x.startswith("rfengine: error:"))
+        assert "ema.safetensors failed: No space left on device" in line, line
+        assert f"step_{STEPS:08d}" in line
+        assert not (out / "ema.safetensors").exists() and _no_temporaries(out)
+        (out / "filler").unlink()
+        r = torchrun(2, *args, "--resume", "auto", timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert (out / "ema.safetensors").is_file() and _no_temporaries(out)
+
+
+def test_cause_reads_the_os_error_inside_a_dcp_checkpoint_exception(tmp_path):
+    """DCP wraps each process's error in a CheckpointException (a BaseException holding rank ->
+    (exception, traceback)); the cause named is the OS's own, or the inner error, not the wrapper."""
+    from torch.distributed.checkpoint.api import CheckpointException
+    full = CheckpointException("save", {0: (OSError(errno.ENOSPC, "No space left on device"), None)})
+    assert storage.cause(full, tmp_path / "x") == "No space left on device"
+    other = CheckpointException("save", {1: (RuntimeError("shard 3 has a bad shape"), None)})
+    assert storage.cause(other, tmp_path / "x") == "RuntimeError: shard 3 has a bad shape"
+
+
+def test_two_processes_grid_on_a_full_disk_is_a_warning(tmp_path):
+    """The disk is full while the step-4 sample grid is written (FSDP: every process samples, rank 0
+    writes): a warning, no half-written PNG, and the run finishes on both processes."""
+    with tmpfs(tmp_path / "fs", "24m") as mnt:
+        out = mnt / "run"
+        r = torchrun(2, "--config", "configs/tiny.yaml",
+                     *set_args(*RUN, f"train.out_dir={out}", "parallel.mode=fsdp", "train.sample_every=4",
+                               "train.ckpt_every=12"),  # no checkpoint in flight while the disk is full
+                     env={"RFENGINE_FAULT": "fill_disk_grid@4"}, timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "sample grid not written" in r.stderr and "step_00000004.png failed: No space left on device" in r.stderr
+        assert "rfengine: error" not in r.stderr
+        grids = sorted(p.name for p in (out / "samples").iterdir())
+        assert grids == ["step_00000008.png", f"step_{STEPS:08d}.png"], grids
+        assert (out / "ema.safetensors").is_file() and _no_temporaries(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Slow storage: single-file checkpoints are written in the background
 # ---------------------------------------------------------------------------------------------
