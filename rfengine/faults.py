@@ -16,8 +16,9 @@ rows still fit, a checkpoint does not); `remove_dir` deletes the run's `checkpoi
 At one write site (`full_disk`, rank 0): `fill_disk_export` fills the disk just before the EMA
 export of that step (and leaves it full); `fill_disk_grid` fills it for the sample grid of that
 step only (a scratch disk that another job fills and frees), so the run can go on.
-(A read-only remount mid-run is refused while the run has files open, so read-only folders are
-tested with injected errors.)
+`read_only_dir` bind-mounts the `checkpoints/` folder over itself read-only (needs root; the whole
+filesystem cannot be remounted read-only while the run has files open in it): the next checkpoint
+meets a real `Read-only file system`. The test unmounts it afterwards.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-POINTS = ("after_step", "checkpoint_write", "hold_write", "fill_disk", "remove_dir", "fill_disk_export",
+POINTS = ("after_step", "checkpoint_write", "hold_write", "fill_disk", "remove_dir", "read_only_dir", "fill_disk_export",
           "fill_disk_grid")
 
 
@@ -81,6 +82,14 @@ def disturb(step: int, out_dir: Path, is_main: bool) -> None:
         return
     if armed("fill_disk", step):
         _fill(out_dir)
+    if armed("read_only_dir", step):
+        import subprocess
+        folder = str(Path(out_dir) / "checkpoints")
+        for cmd in (["mount", "--bind", folder, folder], ["mount", "-o", "remount,bind,ro", folder]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                print(f"rfengine: fault read_only_dir: cannot mount ({r.stderr.strip()})", file=sys.stderr, flush=True)
+                return
     if armed("remove_dir", step):
         import shutil
         shutil.rmtree(Path(out_dir) / "checkpoints")

@@ -2,8 +2,9 @@
 fills up, a folder that vanishes or a failed metrics write mid-run ends with one `rfengine: error:`
 line naming the file, the cause and the checkpoint to resume from, leaves no temporary file, and
 `--resume auto` continues bit-exactly once the cause is gone; a sample grid or TensorBoard that
-cannot be written is a warning. Real small filesystems (tmpfs; CI runs as root) where mounting
-works, injected OSErrors otherwise; 1 process and 2-process DDP."""
+cannot be written is a warning; a slow checkpoint write does not hold training. Real faults where
+mounting works (CI runs as root): a small tmpfs filled mid-run, a checkpoints folder bind-mounted
+read-only mid-run; injected OSErrors otherwise; 1 process, 2-process DDP and FSDP."""
 import contextlib
 import errno
 import shutil
@@ -148,6 +149,35 @@ def test_vanished_checkpoint_folder_is_an_error_not_recreated(tmp_path, nproc):
     assert "step_00000008.pt failed: No such file or directory: the folder" in line and "was removed" in line
     assert "no complete checkpoint was written yet" in line
     assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("nproc,mode", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
+def test_checkpoint_folder_turns_read_only_then_resume_is_exact(tmp_path, nproc, mode):
+    """A real read-only folder mid-run (the checkpoints folder bind-mounted read-only over itself at
+    step 7, well after the step-4 background write is done): every process stops with one line naming the step-8 checkpoint, `Read-only file
+    system` and the step-4 checkpoint; once writable again, `--resume auto` gives the losses of a
+    run that was never stopped, bit for bit."""
+    def launch(out, *extra, env=None):
+        args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}"), *extra]
+        return train_cli(*args, env=env) if nproc == 1 else torchrun(2, *args, env=env, timeout=240)
+    out = tmp_path / "run"
+    try:
+        r = launch(out, env={"RFENGINE_FAULT": "read_only_dir@7"})
+        if "fault read_only_dir: cannot mount" in r.stderr:
+            why = next(x for x in r.stderr.splitlines() if "cannot mount" in x)
+            pytest.skip(f"{why}; the injected EROFS test covers read-only folders")
+        assert r.returncode != 0
+        assert r.stderr.count("rfengine: error: writing") == nproc, r.stderr[-3000:]
+        line = next(x for x in r.stderr.splitlines() if x.startswith("rfengine: error:"))
+        assert "step_00000008" in line and "Read-only file system" in line and "step_00000004" in line, line
+    finally:
+        subprocess.run(["umount", str(out / "checkpoints")], capture_output=True)
+    assert _no_temporaries(out)
+    r = launch(out, "--resume", "auto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    straight = launch(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert losses(out) == losses(tmp_path / "straight")
 
 
 def test_two_process_metrics_write_failure_stops_every_process(tmp_path):
