@@ -28,11 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from rfengine import checkpoint
 from rfengine.study import runs, stats
 
 log = logging.getLogger("rfengine")
 PROTOCOL_KEYS = ["variants", "select_seeds", "confirm_seeds", "lr", "ft_fm_steps", "points", "chunk", "min_steps",
                  "max_steps", "patience", "tol", "plateau_samples", "samples", "sample_steps"]
+ADDED_KEYS = ["tail_fm_steps", "scheduled_variants"]  # regime (b), added to a running study; recorded when first seen
 
 
 def parse_args(argv=None):
@@ -54,6 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--plateau-samples", type=int, default=1000)
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--sample-steps", nargs="+", type=int, default=[5, 10, 20, 50])
+    p.add_argument("--tail-fm-steps", type=int, default=2000,
+                   help="regime (b): the FM run switches to the variant this many FM steps (in CPU seconds) before its end")
+    p.add_argument("--scheduled-variants", nargs="*", default=["chosen", "rf"],
+                   help="regime (b) variants ('chosen': the one frozen in selection.json); none to skip regime (b)")
     p.add_argument("--stop-after", choices=["calibration", "selection"], help="stop after this phase")
     p.add_argument("--status", action="store_true",
                    help="print what has finished so far (paired ratios on the seeds complete so far); trains nothing")
@@ -63,6 +69,7 @@ def parse_args(argv=None):
         a.variants, a.select_seeds, a.confirm_seeds = ["fm", "fc_input"], [0, 1], [2]
         a.ft_fm_steps, a.points, a.chunk, a.min_steps, a.max_steps, a.patience = 8, 2, 4, 4, 12, 1
         a.plateau_samples, a.samples, a.sample_steps = 32, 64, [2, 20]
+        a.tail_fm_steps, a.scheduled_variants = 4, ["chosen"]
     if "fm" not in a.variants:
         p.error("--variants must include fm (every ratio is to FM)")
     if set(a.select_seeds) & set(a.confirm_seeds):
@@ -107,15 +114,18 @@ def _worker_init(log_dir: str) -> None:
 
 
 def _protocol(args, out: Path) -> None:
-    """The protocol is frozen at the first start: continuing with other settings is refused."""
+    """The protocol is frozen at the first start: continuing with other settings is refused. Keys
+    added to the study later (ADDED_KEYS) are recorded the first time a run sees them."""
     path = out / "protocol.json"
-    want = {k: getattr(args, k) for k in PROTOCOL_KEYS}
+    want = {k: getattr(args, k) for k in PROTOCOL_KEYS + ADDED_KEYS}
     if path.is_file():
         have = json.loads(path.read_text())
-        diff = [k for k in PROTOCOL_KEYS if have.get(k) != want[k]]
+        diff = [k for k in want if k in have and have[k] != want[k]]
         if diff:
             raise SystemExit(f"rfengine: error: {out} was started with other settings ({', '.join(diff)}); "
                              "use another --out or the same settings")
+        if any(k not in have for k in want):
+            runs.write_json(path, {**have, **{k: v for k, v in want.items() if k not in have}})
     else:
         runs.write_json(path, want)
 
@@ -161,6 +171,33 @@ def seed_jobs(args, out: Path, seed: int, cal: dict, confirm: bool = False) -> d
     return jobs
 
 
+def scheduled_jobs(args, out: Path, cal: dict) -> dict:
+    """Regime (b) on every seed whose FM run keeps its checkpoint at the branch (`runs.branch`): the
+    chosen variant (after the choice) and the others named. A seed pretrained before its chunk
+    checkpoints were kept is left out, and the log says so."""
+    cost = cal["cpu_seconds_per_step"]
+    steps = {v: max(1, round(args.tail_fm_steps * cost["fm"] / c)) for v, c in cost.items()}
+    scorer = {"samples": args.samples, "sample_steps": args.sample_steps}
+    jobs = {}
+    for seed in [*args.select_seeds, *args.confirm_seeds]:
+        pre = out / "pretrain" / f"s{seed}"
+        if (pre / "plateau.json").is_file():
+            plateau = json.loads((pre / "plateau.json").read_text())
+            at = plateau.get("stopped_at", 0) - args.tail_fm_steps
+            if "stopped_at" in plateau and not checkpoint.checkpoint_path(pre / "run" / "checkpoints", at).is_file():
+                log.warning("regime (b): seed %d has no FM checkpoint at step %d; left out", seed, at)
+                continue
+        deps = [f"pretrain s{seed}", f"start s{seed}", "select"]
+        for v in args.scheduled_variants:
+            if v == "chosen":
+                jobs[f"sched chosen s{seed}"] = (5, deps, runs.branch_chosen,
+                                                 (out, seed, pre, args.tail_fm_steps, steps, args.lr, scorer))
+            else:
+                jobs[f"sched {v} s{seed}"] = (5, deps, runs.branch, (v, seed, out / "scheduled" / f"{v}_s{seed}", pre,
+                                                                     args.tail_fm_steps, steps[v], args.lr, scorer))
+    return jobs
+
+
 def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,6 +214,7 @@ def run(args) -> dict:
     if args.stop_after != "selection":
         for s in args.confirm_seeds:
             jobs.update(seed_jobs(args, out, s, cal, confirm=True))
+        jobs.update(scheduled_jobs(args, out, cal))  # last: regime (c) first, then (b)
     selection = pool.run(jobs, "study")["select"]
     return summarize(args, out, cal, selection)
 
@@ -207,7 +245,9 @@ def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
                          "cpu_seconds_measured": r["cpu_seconds_measured"],
                          "log_ratio_to_fm": None if fm is None else float(np.log(score["fd"] / fm["by_steps"][k]["fd"])),
                          "phase": "selection" if s in args.select_seeds else "confirmation"})
-    summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS}, "calibration": cal,
+    scheduled = scheduled_summary(args, out, cal, starts, rows)
+    summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS + ADDED_KEYS}, "calibration": cal,
+               "scheduled": scheduled,
                "selection": selection, "headline": headline, "rows": rows,
                "confirmation": stats.compare(results, ["fm", selection["variant"]], confirm, args.sample_steps)
                if confirm else [],
@@ -221,6 +261,42 @@ def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
     runs.write_json(out / "summary.json", summary)
     write_report(summary, out)
     return summary
+
+
+def scheduled_summary(args, out: Path, cal: dict, starts: dict, rows: list) -> dict:
+    """Regime (b): per variant, the paired log FD ratio to the FM run it branched from (the same run
+    to its end), per seed and budget, with the 95% interval; its rows are added to `rows`."""
+    sched = {}
+    for f in sorted((out / "scheduled").glob("*/scores.json")):
+        r = json.loads(f.read_text())
+        sched[(r["variant"], r["seed"])] = r
+    cost = cal["cpu_seconds_per_step"]
+    block = {"tail_fm_steps": args.tail_fm_steps, "baseline": "the FM run to its end (the pretrained model)",
+             "variants": {}}
+    for v in sorted({v for v, _ in sched}):
+        seeds = sorted(s for (w, s) in sched if w == v and s in starts)
+        if not seeds:
+            continue
+        results = {**{("fm", s): starts[s] for s in seeds}, **{(v, s): sched[(v, s)] for s in seeds}}
+        compared = stats.compare(results, ["fm", v], seeds, args.sample_steps)
+        at = next(r for r in compared if r["sample_steps"] == stats.SELECT_AT)
+        block["variants"][v] = {"seeds": seeds, "rows": compared,
+                                "verdict": stats.verdict(at["mean_log_ratio"], *at["ci95"])}
+        for s in seeds:
+            r = sched[(v, s)]
+            for k, score in r["by_steps"].items():
+                base = starts[s]["by_steps"][k]
+                rows.append({"regime": "scheduled", "variant": v, "seed": s, "sample_steps": int(k), **score,
+                             "steps": r["steps"], "cpu_seconds": r["steps"] * cost[v],
+                             "cpu_seconds_measured": r["cpu_seconds_measured"], "branch_step": r["branch_step"],
+                             "log_ratio_to_fm": float(np.log(score["fd"] / base["fd"])), "phase": "scheduled"})
+                if not any(x["regime"] == "scheduled" and x["variant"] == "fm" and x["seed"] == s
+                           and x["sample_steps"] == int(k) for x in rows):
+                    rows.append({"regime": "scheduled", "variant": "fm", "seed": s, "sample_steps": int(k), **base,
+                                 "steps": args.tail_fm_steps, "cpu_seconds": args.tail_fm_steps * cost["fm"],
+                                 "cpu_seconds_measured": None, "branch_step": r["branch_step"],
+                                 "log_ratio_to_fm": 0.0, "phase": "scheduled"})
+    return block
 
 
 def status(args) -> str:

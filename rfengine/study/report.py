@@ -61,11 +61,18 @@ def tables(summary: dict) -> str:
         state = "complete" if h["complete"] else "incomplete: not all confirmation seeds have finished"
         out += ["", f"**Headline** ({state}): {LABELS.get(h['variant'], h['variant'])} at "
                 f"{h['sample_steps']} Euler steps {h['verdict']}."]
-    out += ["", "## Per run (20 Euler steps)", "",
+    sch = summary.get("scheduled") or {}
+    if sch.get("variants"):
+        out += ["", f"## Regime (b), scheduled: the FM run switched to the variant {sch['tail_fm_steps']} FM steps "
+                "before its end (the same CPU seconds), against the FM run to its end", ""]
+        out += _ratio_table([r for b in sch["variants"].values() for r in b["rows"]], steps)
+        out += [""] + [f"- {LABELS.get(v, v)}, seeds {b['seeds']}: at {stats.SELECT_AT} Euler steps {b['verdict']}."
+                       for v, b in sch["variants"].items()]
+    out += ["", "## Per run, fine-tuning regime (20 Euler steps)", "",
             "| variant | seed | steps | FD | vs FM | precision | recall | CPU s (calibrated) | CPU s (measured) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
-        if r["sample_steps"] == stats.SELECT_AT:
+        if r["sample_steps"] == stats.SELECT_AT and r.get("regime", "finetune") == "finetune":
             rel = "-" if r["log_ratio_to_fm"] is None or r["variant"] == "fm" else _pct(r["log_ratio_to_fm"])
             out.append(f"| {LABELS.get(r['variant'], r['variant'])} | {r['seed']} | {r['steps']} | {r['fd']:.2f} | "
                        f"{rel} | {r['precision']:.3f} | {r['recall']:.3f} | {r['cpu_seconds']:.0f} | "

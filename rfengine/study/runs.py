@@ -80,15 +80,17 @@ def calibrate(variant: str, lr: float, warm: int = 10, steps: int = 40) -> float
 # ---------------------------------------------------------------------------------------------
 
 def train(variant: str, seed: int, run_dir: Path, steps: int, ckpt_every: int, extra: list[str],
-          start: int = 0) -> float | None:
-    """Train one run from its checkpoint at `start` (or from scratch) to `steps`; returns the CPU
-    seconds it spent, or None when it resumed an interrupted call (a checkpoint past `start`: the
-    seconds before the interruption were not kept)."""
+          start: int = 0, branch_from: Path | None = None) -> float | None:
+    """Train one run from its checkpoint at `start` (or from scratch, or from another run's checkpoint
+    `branch_from` while this run has none) to `steps`; returns the CPU seconds it spent, or None when
+    it resumed an interrupted call (a checkpoint past `start`: the seconds before it were not kept)."""
     from rfengine.trainer import Trainer
     cfg = _config(variant, seed, run_dir, steps, [f"train.ckpt_every={ckpt_every}", "train.keep_ckpts=1000", *extra])
-    resumed = any(step > start for step, _ in checkpoint.list_checkpoints(run_dir / "checkpoints"))
+    own = checkpoint.list_checkpoints(run_dir / "checkpoints")
+    resumed = any(step > start for step, _ in own)
+    resume = str(branch_from) if branch_from is not None and not own else "auto"
     t0 = time.process_time()
-    if Trainer(cfg, resume="auto").run().get("stopped"):  # SIGTERM: checkpointed; its scores would be stale
+    if Trainer(cfg, resume=resume).run().get("stopped"):  # SIGTERM: checkpointed; its scores would be stale
         raise RuntimeError(f"{run_dir}: stopped by a signal; run the study again to continue from its checkpoint")
     return None if resumed else time.process_time() - t0
 
@@ -152,6 +154,38 @@ def finetune(variant: str, seed: int, run_dir: Path, init: Path, steps: int, poi
     for ckpt in (run_dir / "run" / "checkpoints").glob("step_*.pt"):
         ckpt.unlink()
     return result
+
+
+def branch(variant: str, seed: int, run_dir: Path, pre: Path, tail: int, steps: int, lr: float,
+           scorer_args: dict) -> dict:
+    """Regime (b), scheduled: seed `seed`'s FM pretraining run, switched to `variant` for its last
+    part. From the run's chunk checkpoint `tail` FM steps before it stopped (its optimizer state and
+    data position), `steps` steps of `variant` (`objective.start` at the branch: the same seconds as
+    the `tail` FM steps); the FM run itself, to where it stopped, is the baseline. The EMA is scored."""
+    result_path = run_dir / "scores.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    end = json.loads((pre / "plateau.json").read_text())["stopped_at"]
+    at = end - tail
+    ckpt = checkpoint.checkpoint_path(pre / "run" / "checkpoints", at)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"scheduled {variant} s{seed}: no FM checkpoint at step {at} ({ckpt}); the "
+                                "pretraining's chunk checkpoints are kept on the machine that ran it")
+    cpu = train(variant, seed, run_dir / "run", at + steps, steps, [f"optim.lr={lr}", f"objective.start={at}"],
+                start=at, branch_from=ckpt)
+    full = Scorer(**scorer_args).full(load(run_dir / "run" / "ema.safetensors"))
+    result = {"regime": "scheduled", "variant": variant, "seed": seed, "branch_step": at, "end_step": end,
+              "steps": steps, "cpu_seconds_measured": cpu, **full}
+    write_json(result_path, result)
+    for p in (run_dir / "run" / "checkpoints").glob("step_*.pt"):
+        p.unlink()
+    return result
+
+
+def branch_chosen(out: Path, seed: int, pre: Path, tail: int, steps: dict, lr: float, scorer_args: dict) -> dict:
+    """`branch` with the variant frozen in selection.json."""
+    variant = json.loads((out / "selection.json").read_text())["variant"]
+    return branch(variant, seed, out / "scheduled" / f"{variant}_s{seed}", pre, tail, steps[variant], lr, scorer_args)
 
 
 def finetune_results(out: Path) -> dict:

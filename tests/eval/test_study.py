@@ -24,14 +24,24 @@ def test_quick_protocol_end_to_end_and_resume(tmp_path):
     assert s["selection"]["seeds"] == [0, 1] and s["selection"]["variant"] == "fc_input"
     h = s["headline"]
     assert h["regime"] == "finetune" and h["confirm_seeds"] == [2] and len(h["ci95"]) == 2 and h["complete"]
-    rows = [r for r in s["rows"] if r["variant"] == "fc_input"]
+    rows = [r for r in s["rows"] if r["variant"] == "fc_input" and r["regime"] == "finetune"]
     assert {r["sample_steps"] for r in rows} == {2, 20} and all(r["log_ratio_to_fm"] is not None for r in rows)
     assert {r["phase"] for r in rows} == {"selection", "confirmation"}
     for p in s["pretrain"].values():
         assert p["stopped_at"] and p["reason"] and p["history"] and p["cpu_seconds"] > 0
-    assert all(r["cpu_seconds_measured"] > 0 for r in s["rows"])  # uninterrupted runs: measured
+    assert all(r["cpu_seconds_measured"] > 0 for r in s["rows"] if r["regime"] == "finetune")  # measured
     assert (out / "pretrain" / "s0" / "pretrained.safetensors").is_file()
     assert (out / "fd_vs_seconds.png").is_file() and "Headline" in (out / "report.md").read_text()
+    # regime (b): the FM run of every seed switched to the chosen variant 4 FM steps before its end
+    sch = s["scheduled"]["variants"]["fc_input"]
+    assert sch["seeds"] == [0, 1, 2] and sch["verdict"]
+    b_rows = [r for r in s["rows"] if r["regime"] == "scheduled"]
+    assert {r["variant"] for r in b_rows} == {"fm", "fc_input"}
+    for r in b_rows:
+        assert r["branch_step"] == s["pretrain"][str(r["seed"])]["stopped_at"] - 4
+    fc = next(r for r in b_rows if r["variant"] == "fc_input")
+    assert fc["steps"] == round(4 * cal["cpu_seconds_per_step"]["fm"] / cal["cpu_seconds_per_step"]["fc_input"])
+    assert "Regime (b)" in (out / "report.md").read_text()
     text = study.status(study.parse_args(["--quick", "--out", str(out)]))
     assert "selection seeds complete: [0, 1]" in text and "fc_input @20" in text
     assert (out / "fd_vs_seconds_partial.png").is_file()
@@ -70,3 +80,16 @@ def test_confirmation_waits_for_the_frozen_choice(tmp_path):
     with pytest.raises(RuntimeError, match="missing: fm s0, fc_input s0"):
         runs.select(tmp_path, ["fm", "fc_input"], [0], [20])
     assert not (tmp_path / "selection.json").exists()
+
+
+def test_keys_added_later_extend_a_frozen_protocol(tmp_path):
+    """A study started before regime (b) existed continues: its protocol gains the new keys, while
+    any changed old key is still refused."""
+    args = study.parse_args(["--out", str(tmp_path)])
+    old = {k: getattr(args, k) for k in study.PROTOCOL_KEYS}
+    (tmp_path / "protocol.json").write_text(json.dumps(old))
+    study._protocol(args, tmp_path)
+    now = json.loads((tmp_path / "protocol.json").read_text())
+    assert now["tail_fm_steps"] == 2000 and {k: now[k] for k in old} == old
+    with pytest.raises(SystemExit, match="tail_fm_steps"):
+        study._protocol(study.parse_args(["--out", str(tmp_path), "--tail-fm-steps", "1000"]), tmp_path)
