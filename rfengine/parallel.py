@@ -72,13 +72,16 @@ def apply_ac(model: torch.nn.Module, mode: str) -> None:
                                     context_fn=partial(create_selective_checkpoint_contexts, policy))
 
 
-def apply_compile(model: torch.nn.Module, enabled: bool) -> None:
+def apply_compile(model: torch.nn.Module, enabled: bool, dynamic_batch: bool = False) -> None:
     """torch.compile each DiT block in place (one graph reused by every block of the same shape).
-    When the batch size varies between calls (`adr.prob < 1` rolls out a random subset), the first
-    new size recompiles once with a symbolic batch dimension (dynamo's automatic dynamic shapes) and
-    that graph serves every later size (tests/test_scale.py counts the graphs)."""
+    With `dynamic_batch` (the objective feeds the model batches of changing size: `adr.prob < 1`
+    rolls out a random subset, a scheduled objective switches from FM's batch to ReflexFlow's), the
+    model marks the batch dimension dynamic from the first call, so the first graph already has a
+    symbolic batch and a new size costs no recompile. Without it, a new size recompiles once (dynamo's
+    automatic dynamic shapes) and that graph serves every later size (tests/test_scale.py counts)."""
     if not enabled:
         return
+    model.dynamic_batch = dynamic_batch
     for block in model.blocks:
         block.compile()
 

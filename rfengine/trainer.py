@@ -88,18 +88,18 @@ class Trainer:
             log.info("initial weights from %s", self.init_source)
         check_attention(cfg.model.attention, self.dist.device, self.model.blocks[0].attn.head_dim)
         self.sharded = cfg.parallel.mode == "fsdp"
+        self.objective = build_objective(cfg.objective, metrics_every=cfg.train.log_every,
+                                         total_steps=cfg.train.steps)
         # Fixed order: activation checkpointing, then per-block compile, then the data-parallel wrapper
         # (DDP around the model, or FSDP2 per block and then the root; the EMA is sharded the same way).
         parallel.apply_ac(self.model, cfg.train.activation_checkpointing)
-        parallel.apply_compile(self.model, cfg.train.compile)
+        parallel.apply_compile(self.model, cfg.train.compile, dynamic_batch=self.objective.varies_batch)
         self.ddp_model = parallel.wrap(self.model, self.dist, cfg.parallel.mode, cfg.train.precision)
         if self.sharded:
             parallel.apply_fsdp(self.ema, self.dist, "fp32")
         # The optimizer comes after sharding: FSDP2 replaces the parameters with sharded ones.
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optim, self.dist.device)
         self.scheduler = warmup_schedule(self.optimizer, cfg.optim.warmup_steps)
-        self.objective = build_objective(cfg.objective, metrics_every=cfg.train.log_every,
-                                         total_steps=cfg.train.steps)
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info("model %s: %.2fM parameters, input %s, %d classes; objective %s",
                  cfg.model.arch, n_params / 1e6, self.dataset.shape, self.model.num_classes, cfg.objective.name)

@@ -169,6 +169,7 @@ class DiT(nn.Module):
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.learn_sigma = learn_sigma
+        self.dynamic_batch = False  # set by parallel.apply_compile
         self.patch_size = patch_size
         self.grid = (height // patch_size, width // patch_size)
         self.num_classes = num_classes
@@ -244,6 +245,9 @@ class DiT(nn.Module):
             if y is None:
                 raise ValueError("y: this model is class-conditional; pass labels (null class for none)")
             c = c + self.y_embedder(y)                                  # (N, D)
+        if self.dynamic_batch:  # compiled blocks get a symbolic batch from the first call (parallel.apply_compile)
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            torch._dynamo.maybe_mark_dynamic(c, 0)
         for block in self.blocks:
             x = block(x, c)                                             # (N, T, D)
         x = self.unpatchify(self.final_layer(x, c))                     # (N, C_out, H, W)

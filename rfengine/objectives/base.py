@@ -19,6 +19,12 @@ class Objective:
     """Shared pieces: the FM branch's own time distribution and the vanilla FM loss."""
 
     name = "base"
+    # Whether the model sees batch sizes other than the data batch's (ReflexFlow's concatenated
+    # branches and rolled subsets), and whether they change from step to step. A compiled model is
+    # then told the batch dimension is dynamic from the first step (`parallel.apply_compile`), so a
+    # new size costs no recompile.
+    batch_differs_from_data = False
+    varies_batch = False
 
     def __init__(self, cfg, metrics_every: int = 1):
         self.cfg = cfg

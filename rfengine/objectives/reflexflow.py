@@ -26,6 +26,12 @@ class ReflexFlow(Objective):
     """SPEC section 3, with every ablation switch of `objective.adr` and `objective.fc`."""
 
     name = "reflexflow"
+    batch_differs_from_data = True
+
+    @property
+    def varies_batch(self) -> bool:
+        """`adr.prob < 1` rolls out a random subset: its size changes every step."""
+        return self.cfg.adr.prob < 1
 
     def loss(self, model, x1, y, step):
         adr, fc = self.cfg.adr, self.cfg.fc

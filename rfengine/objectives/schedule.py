@@ -24,6 +24,8 @@ class Scheduled(Objective):
         self.inner, self.fm = inner, FlowMatching(inner.cfg, inner.metrics_every)
         self.start, self.ramp = start, ramp
         self.name = inner.name
+        # FM's batch before the switch, the objective's after it: a change of size at the switch
+        self.varies_batch = inner.varies_batch or inner.batch_differs_from_data
         self._cfgs: dict[float, object] = {}
 
     def adr_prob(self, step: int) -> float:
