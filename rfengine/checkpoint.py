@@ -141,12 +141,9 @@ def _snapshot(obj):
     return copy.deepcopy(obj)
 
 
-@contextlib.contextmanager
-def _one_process_ok():
-    """DCP warns when it runs without a process group; one process reading or writing is intended here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
+# DCP warns when it runs without a process group; one process reading or writing a sharded checkpoint
+# is intended here. A filter for the whole process, because a background save warns from DCP's own thread.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 
 def _raise_if_any(error: Exception | None, tmp: Path, is_main: bool) -> None:
@@ -209,8 +206,7 @@ def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, bef
     if writer is not None:
         future = None
         try:
-            with _one_process_ok():
-                future = dcp.async_save(tensors, checkpoint_id=str(tmp), process_group=group)
+            future = dcp.async_save(tensors, checkpoint_id=str(tmp), process_group=group)
         except (Exception, dcp.api.CheckpointException) as e:
             error = storage.write_error(path, e)
         _raise_if_any(error, tmp, is_main)
@@ -231,8 +227,7 @@ def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, bef
         writer.start(work)
         return path
     try:
-        with _one_process_ok():
-            dcp.save(tensors, checkpoint_id=str(tmp))  # files are fsynced by the writer
+        dcp.save(tensors, checkpoint_id=str(tmp))  # files are fsynced by the writer
     except (Exception, dcp.api.CheckpointException) as e:  # DCP's own error is a BaseException
         error = storage.write_error(path, e)
     _raise_if_any(error, tmp, is_main)
@@ -251,8 +246,7 @@ def load_sharded(path: str | Path, tensors: dict) -> dict:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
     try:
-        with _one_process_ok():
-            dcp.load(tensors, checkpoint_id=str(path))
+        dcp.load(tensors, checkpoint_id=str(path))
     except (Exception, CheckpointException) as e:
         failures = getattr(e, "failures", None)  # DCP gathers each rank's exception
         first = next(iter(failures.values())) if failures else e
