@@ -83,8 +83,10 @@ class Pool:
     """Jobs with dependencies, run `workers` at a time in single-thread processes, fine-tunes first."""
 
     def __init__(self, workers: int, log_dir: Path):
+        import multiprocessing
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.ex = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(str(log_dir),))
+        ctx = multiprocessing.get_context("spawn" if runs.on_gpu() else "fork")  # no CUDA state across a fork
+        self.ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(str(log_dir),))
         self.workers = workers
 
     def run(self, jobs: dict, desc: str) -> dict:
@@ -133,7 +135,12 @@ def _protocol(args, out: Path) -> None:
 def calibrate(args, out: Path, pool: Pool) -> dict:
     path = out / "calibration.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        cal = json.loads(path.read_text())
+        was, now = cal["machine"].get("device", "cpu"), runs.cpu_info()["device"]
+        if was != now:
+            raise SystemExit(f"rfengine: error: {out} was calibrated on {was}, this machine trains on {now}: their "
+                             "seconds are not comparable; use another --out")
+        return cal
     reps = 1 if args.quick else 3
     jobs = {f"{v}#{r}": (r, [], runs.calibrate, (v, args.lr, 2 if args.quick else 10, 3 if args.quick else 40))
             for r in range(reps) for v in args.variants}
@@ -202,6 +209,9 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _protocol(args, out)
+    if runs.on_gpu() and args.workers != 1:
+        log.warning("a GPU is present: one run at a time (wall-clock seconds are the compute measure)")
+        args.workers = 1
     pool = Pool(args.workers, out / "logs")
     cal = calibrate(args, out, pool)
     if args.stop_after == "calibration":

@@ -6,6 +6,8 @@ at most the job it was in (and the trainer resumes that job's run from its newes
 Compute is measured as CPU seconds of the training process (`time.process_time`) with one thread
 per run: on this 2-core machine two single-thread runs side by side give more images per second
 than one two-thread run, and CPU time, unlike wall-clock, stays honest when the other core is busy.
+On a machine with a GPU the runs train there (the trainer picks the device) and the clock is
+wall-clock seconds after the GPU has finished its queued work, one run at a time (`clock`).
 """
 from __future__ import annotations
 
@@ -44,6 +46,19 @@ def init_worker(threads: int = 1) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
 
 
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def clock() -> float:
+    """The compute clock: CPU seconds of this process on a CPU machine; on a GPU, wall-clock seconds
+    once the device has finished its queued work (the study then runs one job at a time)."""
+    if on_gpu():
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
+
+
 def write_json(path: Path, obj) -> None:
     checkpoint.write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
 
@@ -70,9 +85,9 @@ def calibrate(variant: str, lr: float, warm: int = 10, steps: int = 40) -> float
                        num_workers=0, device=tr.dist.device)
         for i in range(warm + steps):
             if i == warm:
-                t0 = time.process_time()
+                t0 = clock()
             tr.train_step(*next(data))
-        return (time.process_time() - t0) / steps
+        return (clock() - t0) / steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,10 +104,10 @@ def train(variant: str, seed: int, run_dir: Path, steps: int, ckpt_every: int, e
     own = checkpoint.list_checkpoints(run_dir / "checkpoints")
     resumed = any(step > start for step, _ in own)
     resume = str(branch_from) if branch_from is not None and not own else "auto"
-    t0 = time.process_time()
+    t0 = clock()
     if Trainer(cfg, resume=resume).run().get("stopped"):  # SIGTERM: checkpointed; its scores would be stale
         raise RuntimeError(f"{run_dir}: stopped by a signal; run the study again to continue from its checkpoint")
-    return None if resumed else time.process_time() - t0
+    return None if resumed else clock() - t0
 
 
 def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict) -> dict:
@@ -293,4 +308,7 @@ def cpu_info() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": name, "cores": os.cpu_count(), "torch": torch.__version__, "threads_per_run": 1}
+    gpu = on_gpu()
+    return {"cpu": name, "cores": os.cpu_count(), "torch": torch.__version__, "threads_per_run": 1,
+            "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+            "clock": "wall-clock seconds, one run at a time" if gpu else "CPU seconds of the process"}

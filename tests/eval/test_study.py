@@ -93,3 +93,13 @@ def test_keys_added_later_extend_a_frozen_protocol(tmp_path):
     assert now["tail_fm_steps"] == 2000 and {k: now[k] for k in old} == old
     with pytest.raises(SystemExit, match="tail_fm_steps"):
         study._protocol(study.parse_args(["--out", str(tmp_path), "--tail-fm-steps", "1000"]), tmp_path)
+
+
+def test_seconds_from_another_device_are_refused(tmp_path):
+    """A study calibrated on one device does not continue on another (CPU seconds and GPU wall-clock
+    seconds are not comparable); the clock is this machine's."""
+    args = study.parse_args(["--quick", "--out", str(tmp_path)])
+    (tmp_path / "calibration.json").write_text(json.dumps({"machine": {"device": "NVIDIA H100 80GB HBM3"}}))
+    with pytest.raises(SystemExit, match="calibrated on NVIDIA H100 80GB HBM3, this machine trains on cpu"):
+        study.calibrate(args, tmp_path, pool=None)
+    assert runs.cpu_info()["clock"] == "CPU seconds of the process" and runs.clock() >= 0
