@@ -74,6 +74,11 @@ def write_atomic(path: str | Path, write, before_rename=None) -> Path:
     return path
 
 
+def write_json(path: str | Path, obj) -> Path:
+    """`obj` as indented JSON, written atomically (`write_atomic`)."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
+
+
 def save_atomic(obj, path: str | Path, before_rename=None) -> Path:
     """torch.save `obj` to `path` so that `path` is either absent, the old file or the complete new one."""
     return write_atomic(path, lambda tmp: torch.save(obj, tmp), before_rename)

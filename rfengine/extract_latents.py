@@ -15,7 +15,6 @@ num_classes. Needs the optional extra: pip install -e ".[latents]".
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -126,8 +125,8 @@ def extract(images: str, vae_name: str, out: str, *, resolution: int = 256, batc
                 "mode": mode, "seed": seed, "dtype": dtype, "images": str(images), "count": len(ds),
                 "shards": [{"latents": f"latents_{i:05d}.npy", "labels": f"labels_{i:05d}.npy"}
                            for i in range(n_shards)]}
-        from rfengine.checkpoint import write_atomic
-        write_atomic(out_dir / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+        from rfengine.checkpoint import write_json
+        write_json(out_dir / "meta.json", meta)
         log.info("extract: %d images -> %d shards in %s (latents %s, scale %.5f)", len(ds), n_shards, out_dir,
                  "x".join(map(str, latent_shape)), meta["scale_factor"])
     return out_dir

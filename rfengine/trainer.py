@@ -6,7 +6,6 @@ One step: next batch -> label dropout -> objective loss under autocast -> backwa
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import signal
@@ -453,8 +452,7 @@ class Trainer:
                        "throughput": self._summary(meter)}
             if self.dist.is_main:  # the run's rates in one small file (bench/train_check.py reads it)
                 try:
-                    checkpoint.write_atomic(self.out / "summary.json",
-                                            lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
+                    checkpoint.write_json(self.out / "summary.json", summary)
                 except storage.WriteError as e:  # the run is complete; metrics.jsonl has the same numbers
                     log.warning("run summary not written: %s", e)
             return summary

@@ -59,8 +59,7 @@ def clock() -> float:
     return time.process_time()
 
 
-def write_json(path: Path, obj) -> None:
-    checkpoint.write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
+write_json = checkpoint.write_json
 
 
 def _config(variant: str, seed: int, out: Path, steps: int, extra: list[str]):
