@@ -34,7 +34,8 @@ from rfengine.study import runs, stats
 log = logging.getLogger("rfengine")
 PROTOCOL_KEYS = ["variants", "select_seeds", "confirm_seeds", "lr", "ft_fm_steps", "points", "chunk", "min_steps",
                  "max_steps", "patience", "tol", "plateau_samples", "samples", "sample_steps"]
-ADDED_KEYS = ["tail_fm_steps", "scheduled_variants"]  # regime (b), added to a running study; recorded when first seen
+# regimes (b) and (a), added to a running study; recorded in protocol.json when first seen
+ADDED_KEYS = ["tail_fm_steps", "scheduled_variants", "scratch_variants", "scratch_seeds"]
 
 
 def parse_args(argv=None):
@@ -60,6 +61,9 @@ def parse_args(argv=None):
                    help="regime (b): the FM run switches to the variant this many FM steps (in CPU seconds) before its end")
     p.add_argument("--scheduled-variants", nargs="*", default=["chosen", "rf"],
                    help="regime (b) variants ('chosen': the one frozen in selection.json); none to skip regime (b)")
+    p.add_argument("--scratch-variants", nargs="*", default=["fc_input"],
+                   help="regime (a): trained from scratch for the seconds of the whole FM run; none to skip")
+    p.add_argument("--scratch-seeds", nargs="*", type=int, default=[5, 6, 7, 8, 9])
     p.add_argument("--stop-after", choices=["calibration", "selection"], help="stop after this phase")
     p.add_argument("--status", action="store_true",
                    help="print what has finished so far (paired ratios on the seeds complete so far); trains nothing")
@@ -69,7 +73,7 @@ def parse_args(argv=None):
         a.variants, a.select_seeds, a.confirm_seeds = ["fm", "fc_input"], [0, 1], [2]
         a.ft_fm_steps, a.points, a.chunk, a.min_steps, a.max_steps, a.patience = 8, 2, 4, 4, 12, 1
         a.plateau_samples, a.samples, a.sample_steps = 32, 64, [2, 20]
-        a.tail_fm_steps, a.scheduled_variants = 4, ["chosen"]
+        a.tail_fm_steps, a.scheduled_variants, a.scratch_seeds = 4, ["chosen"], [2]
     if "fm" not in a.variants:
         p.error("--variants must include fm (every ratio is to FM)")
     if set(a.select_seeds) & set(a.confirm_seeds):
@@ -205,6 +209,15 @@ def scheduled_jobs(args, out: Path, cal: dict) -> dict:
     return jobs
 
 
+def scratch_jobs(args, out: Path, cal: dict) -> dict:
+    """Regime (a) (`runs.scratch`), after the choice and after regimes (c) and (b) in priority."""
+    scorer = {"samples": args.samples, "sample_steps": args.sample_steps}
+    return {f"scratch {v} s{s}": (6, [f"pretrain s{s}", f"start s{s}", "select"], runs.scratch,
+                                  (v, s, out / "scratch" / f"{v}_s{s}", out / "pretrain" / f"s{s}",
+                                   cal["cpu_seconds_per_step"], args.lr, scorer))
+            for s in args.scratch_seeds for v in args.scratch_variants}
+
+
 def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +237,8 @@ def run(args) -> dict:
     if args.stop_after != "selection":
         for s in args.confirm_seeds:
             jobs.update(seed_jobs(args, out, s, cal, confirm=True))
-        jobs.update(scheduled_jobs(args, out, cal))  # last: regime (c) first, then (b)
+        jobs.update(scheduled_jobs(args, out, cal))  # regime (c) first, then (b), then (a)
+        jobs.update(scratch_jobs(args, out, cal))
     selection = pool.run(jobs, "study")["select"]
     return summarize(args, out, cal, selection)
 
@@ -255,9 +269,10 @@ def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
                          "cpu_seconds_measured": r["cpu_seconds_measured"],
                          "log_ratio_to_fm": None if fm is None else float(np.log(score["fd"] / fm["by_steps"][k]["fd"])),
                          "phase": "selection" if s in args.select_seeds else "confirmation"})
-    scheduled = scheduled_summary(args, out, cal, starts, rows)
+    scheduled = fm_run_summary(args, out, "scheduled", cal, starts, rows)
+    scratch = fm_run_summary(args, out, "scratch", cal, starts, rows)
     summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS + ADDED_KEYS}, "calibration": cal,
-               "scheduled": scheduled,
+               "scheduled": scheduled, "scratch": scratch,
                "selection": selection, "headline": headline, "rows": rows,
                "confirmation": stats.compare(results, ["fm", selection["variant"]], confirm, args.sample_steps)
                if confirm else [],
@@ -273,39 +288,41 @@ def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
     return summary
 
 
-def scheduled_summary(args, out: Path, cal: dict, starts: dict, rows: list) -> dict:
-    """Regime (b): per variant, the paired log FD ratio to the FM run it branched from (the same run
-    to its end), per seed and budget, with the 95% interval; its rows are added to `rows`."""
-    sched = {}
-    for f in sorted((out / "scheduled").glob("*/scores.json")):
+def fm_run_summary(args, out: Path, regime: str, cal: dict, starts: dict, rows: list) -> dict:
+    """Regimes (b) `scheduled` and (a) `scratch`, whose baseline is each seed's FM pretraining run to
+    its end: per variant, the paired log FD ratio to it per seed and budget, with the 95% interval;
+    their rows are added to `rows`."""
+    found = {}
+    for f in sorted((out / regime).glob("*/scores.json")):
         r = json.loads(f.read_text())
-        sched[(r["variant"], r["seed"])] = r
+        found[(r["variant"], r["seed"])] = r
     cost = cal["cpu_seconds_per_step"]
-    block = {"tail_fm_steps": args.tail_fm_steps, "baseline": "the FM run to its end (the pretrained model)",
-             "variants": {}}
-    for v in sorted({v for v, _ in sched}):
-        seeds = sorted(s for (w, s) in sched if w == v and s in starts)
+    block = {"baseline": "the seed's FM pretraining run to its end (the pretrained model)", "variants": {}}
+    if regime == "scheduled":
+        block["tail_fm_steps"] = args.tail_fm_steps
+    for v in sorted({v for v, _ in found}):
+        seeds = sorted(s for (w, s) in found if w == v and s in starts)
         if not seeds:
             continue
-        results = {**{("fm", s): starts[s] for s in seeds}, **{(v, s): sched[(v, s)] for s in seeds}}
+        results = {**{("fm", s): starts[s] for s in seeds}, **{(v, s): found[(v, s)] for s in seeds}}
         compared = stats.compare(results, ["fm", v], seeds, args.sample_steps)
         at = next(r for r in compared if r["sample_steps"] == stats.SELECT_AT)
         block["variants"][v] = {"seeds": seeds, "rows": compared,
                                 "verdict": stats.verdict(at["mean_log_ratio"], *at["ci95"])}
         for s in seeds:
-            r = sched[(v, s)]
+            r = found[(v, s)]
+            extra = {"branch_step": r["branch_step"]} if "branch_step" in r else {}
             for k, score in r["by_steps"].items():
                 base = starts[s]["by_steps"][k]
-                rows.append({"regime": "scheduled", "variant": v, "seed": s, "sample_steps": int(k), **score,
+                rows.append({"regime": regime, "variant": v, "seed": s, "sample_steps": int(k), **score,
                              "steps": r["steps"], "cpu_seconds": r["steps"] * cost[v],
-                             "cpu_seconds_measured": r["cpu_seconds_measured"], "branch_step": r["branch_step"],
-                             "log_ratio_to_fm": float(np.log(score["fd"] / base["fd"])), "phase": "scheduled"})
-                if not any(x["regime"] == "scheduled" and x["variant"] == "fm" and x["seed"] == s
+                             "cpu_seconds_measured": r["cpu_seconds_measured"], **extra,
+                             "log_ratio_to_fm": float(np.log(score["fd"] / base["fd"])), "phase": regime})
+                if not any(x["regime"] == regime and x["variant"] == "fm" and x["seed"] == s
                            and x["sample_steps"] == int(k) for x in rows):
-                    rows.append({"regime": "scheduled", "variant": "fm", "seed": s, "sample_steps": int(k), **base,
-                                 "steps": args.tail_fm_steps, "cpu_seconds": args.tail_fm_steps * cost["fm"],
-                                 "cpu_seconds_measured": None, "branch_step": r["branch_step"],
-                                 "log_ratio_to_fm": 0.0, "phase": "scheduled"})
+                    rows.append({"regime": regime, "variant": "fm", "seed": s, "sample_steps": int(k), **base,
+                                 "steps": r["fm_steps"], "cpu_seconds": r["fm_steps"] * cost["fm"],
+                                 "cpu_seconds_measured": None, **extra, "log_ratio_to_fm": 0.0, "phase": regime})
     return block
 
 

@@ -68,6 +68,13 @@ def tables(summary: dict) -> str:
         out += _ratio_table([r for b in sch["variants"].values() for r in b["rows"]], steps)
         out += [""] + [f"- {LABELS.get(v, v)}, seeds {b['seeds']}: at {stats.SELECT_AT} Euler steps {b['verdict']}."
                        for v, b in sch["variants"].items()]
+    scr = summary.get("scratch") or {}
+    if scr.get("variants"):
+        out += ["", "## Regime (a), from scratch: the variant trained for the CPU seconds of the whole FM run, "
+                "against that FM run", ""]
+        out += _ratio_table([r for b in scr["variants"].values() for r in b["rows"]], steps)
+        out += [""] + [f"- {LABELS.get(v, v)}, seeds {b['seeds']}: at {stats.SELECT_AT} Euler steps {b['verdict']}."
+                       for v, b in scr["variants"].items()]
     out += ["", "## Per run, fine-tuning regime (20 Euler steps)", "",
             "| variant | seed | steps | FD | vs FM | precision | recall | CPU s (calibrated) | CPU s (measured) |",
             "|---|---|---|---|---|---|---|---|---|"]

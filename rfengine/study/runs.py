@@ -189,7 +189,7 @@ def branch(variant: str, seed: int, run_dir: Path, pre: Path, tail: int, steps: 
                 start=at, branch_from=ckpt)
     full = Scorer(**scorer_args).full(load(run_dir / "run" / "ema.safetensors"))
     result = {"regime": "scheduled", "variant": variant, "seed": seed, "branch_step": at, "end_step": end,
-              "steps": steps, "cpu_seconds_measured": cpu, **full}
+              "steps": steps, "fm_steps": tail, "cpu_seconds_measured": cpu, **full}
     write_json(result_path, result)
     for p in (run_dir / "run" / "checkpoints").glob("step_*.pt"):
         p.unlink()
@@ -200,6 +200,25 @@ def branch_chosen(out: Path, seed: int, pre: Path, tail: int, steps: dict, lr: f
     """`branch` with the variant frozen in selection.json."""
     variant = json.loads((out / "selection.json").read_text())["variant"]
     return branch(variant, seed, out / "scheduled" / f"{variant}_s{seed}", pre, tail, steps[variant], lr, scorer_args)
+
+
+def scratch(variant: str, seed: int, run_dir: Path, pre: Path, cost: dict, lr: float, scorer_args: dict) -> dict:
+    """Regime (a), from scratch: `variant` from the initial weights and data order of seed `seed`'s
+    FM pretraining run, for that whole run's CPU seconds (its steps x FM's cost per step); the FM run
+    to its end is the baseline. The EMA is scored."""
+    result_path = run_dir / "scores.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    end = json.loads((pre / "plateau.json").read_text())["stopped_at"]
+    steps = max(1, round(end * cost["fm"] / cost[variant]))
+    cpu = train(variant, seed, run_dir / "run", steps, max(1, steps // 4), [f"optim.lr={lr}"])
+    full = Scorer(**scorer_args).full(load(run_dir / "run" / "ema.safetensors"))
+    result = {"regime": "scratch", "variant": variant, "seed": seed, "steps": steps, "fm_steps": end,
+              "cpu_seconds_measured": cpu, **full}
+    write_json(result_path, result)
+    for p in (run_dir / "run" / "checkpoints").glob("step_*.pt"):
+        p.unlink()
+    return result
 
 
 def finetune_results(out: Path) -> dict:

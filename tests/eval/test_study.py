@@ -42,6 +42,14 @@ def test_quick_protocol_end_to_end_and_resume(tmp_path):
     fc = next(r for r in b_rows if r["variant"] == "fc_input")
     assert fc["steps"] == round(4 * cal["cpu_seconds_per_step"]["fm"] / cal["cpu_seconds_per_step"]["fc_input"])
     assert "Regime (b)" in (out / "report.md").read_text()
+    # regime (a): fc_input from scratch on seed 2 for the seconds of its whole FM run
+    a = s["scratch"]["variants"]["fc_input"]
+    assert a["seeds"] == [2]
+    a_fc = next(r for r in s["rows"] if r["regime"] == "scratch" and r["variant"] == "fc_input")
+    a_fm = next(r for r in s["rows"] if r["regime"] == "scratch" and r["variant"] == "fm")
+    assert a_fm["steps"] == s["pretrain"]["2"]["stopped_at"]
+    assert abs(a_fc["cpu_seconds"] - a_fm["cpu_seconds"]) <= cal["cpu_seconds_per_step"]["fc_input"]
+    assert "Regime (a)" in (out / "report.md").read_text()
     text = study.status(study.parse_args(["--quick", "--out", str(out)]))
     assert "selection seeds complete: [0, 1]" in text and "fc_input @20" in text
     assert (out / "fd_vs_seconds_partial.png").is_file()
