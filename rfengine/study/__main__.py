@@ -59,9 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--sample-steps", nargs="+", type=int, default=[5, 10, 20, 50])
     p.add_argument("--tail-fm-steps", type=int, default=2000,
                    help="regime (b): the FM run switches to the variant this many FM steps (in CPU seconds) before its end")
-    p.add_argument("--scheduled-variants", nargs="*", default=["chosen", "rf"],
+    p.add_argument("--scheduled-variants", nargs="*", default=["chosen", "rf"], choices=["chosen", *runs.VARIANTS],
                    help="regime (b) variants ('chosen': the one frozen in selection.json); none to skip regime (b)")
-    p.add_argument("--scratch-variants", nargs="*", default=["fc_input"],
+    p.add_argument("--scratch-variants", nargs="*", default=["fc_input"], choices=list(runs.VARIANTS),
                    help="regime (a): trained from scratch for the seconds of the whole FM run; none to skip")
     p.add_argument("--scratch-seeds", nargs="*", type=int, default=[5, 6, 7, 8, 9])
     p.add_argument("--stop-after", choices=["calibration", "selection"], help="stop after this phase")
