@@ -96,12 +96,24 @@ def disturb(step: int, out_dir: Path, is_main: bool) -> None:
 
 
 def _fill(out_dir: Path, leave: int | None = None) -> Path:
+    """Fill the run folder's filesystem to `leave` bytes free. A checkpoint written in the background
+    finishes first (its temporary file or folder is gone), so the fault hits the next write, not the
+    one in flight; if another writer takes space meanwhile, the disk is full a little earlier."""
+    import errno
     import shutil
     leave = int(os.environ.get("RFENGINE_FAULT_LEAVE", 200_000)) if leave is None else leave
+    deadline = time.monotonic() + 60
+    while any(".tmp-" in p.name for p in (Path(out_dir) / "checkpoints").glob(".step_*")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
     free = shutil.disk_usage(out_dir).free
     filler = Path(out_dir) / "filler"
-    with open(filler, "wb") as f:
-        f.write(b"\0" * max(free - leave, 0))
+    try:
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(free - leave, 0))
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
     return filler
 
 

@@ -248,6 +248,15 @@ class Trainer:
         parallel.barrier()
         return path
 
+    def _finish_background_write(self) -> None:
+        """On the way out (an error included), the checkpoint in flight is completed before the
+        process group goes: a newer resume point, and no DCP collective cut off mid-write. Its own
+        failure was, or will be, reported by the step that saw it."""
+        try:
+            self.writer.wait()
+        except storage.WriteError:
+            pass
+
     def export_ema(self) -> Path | None:
         """The full EMA weights as one safetensors file (`<out>/ema.safetensors`) that loads into a
         single-process model (`rfengine.sample.load_model`); gathered from the shards under FSDP."""
@@ -459,6 +468,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            self._finish_background_write()
             if self.dist.is_main:
                 self.metrics_file.close()
                 self.tensorboard.close()
