@@ -351,12 +351,16 @@ def remove_temporaries(folder: str | Path) -> list[Path]:
 
 
 def prune(folder: str | Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints."""
+    """Delete all but the newest `keep` checkpoints (one that cannot be deleted is a warning: the
+    new checkpoint is complete, and the next prune tries again)."""
     for _, path in list_checkpoints(folder)[:-keep]:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("old checkpoint %s not removed: %s", path, storage.cause(e, path))
 
 
 def strip_prefixes(state: dict) -> dict:
