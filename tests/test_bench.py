@@ -35,4 +35,8 @@ def test_step_cost_bench_smoke(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench/test_step_cost.py",
                         "--benchmark-disable"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "3 passed" in r.stdout, r.stdout[-2000:]
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("step_cost", ROOT / "bench" / "test_step_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert f"{len(mod.OBJECTIVES)} passed" in r.stdout, r.stdout[-2000:]  # every objective's eager step
