@@ -116,8 +116,14 @@ def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict)
     better than the best before them (and at least `min_steps` were trained), or at `max_steps`.
     The model at the stopping chunk is the pretrained model (`pretrained.safetensors`)."""
     state_path = run_dir / "plateau.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"rule": rule, "history": [],
-                                                                             "cpu_seconds": 0.0}
+    fresh = {"rule": rule, "history": [], "cpu_seconds": 0.0}
+    state = json.loads(state_path.read_text()) if state_path.is_file() else fresh
+    if "stopped_at" not in state and state["history"]:
+        last = state["history"][-1]["step"]
+        if not checkpoint.checkpoint_path(run_dir / "run" / "checkpoints", last).is_file():
+            # a history without its run (another machine: run folders are not committed) starts over
+            log.warning("pretrain s%d: no checkpoint at step %d for its history; starting over", seed, last)
+            state = fresh
     scorer = Scorer(**scorer_args)
     while "stopped_at" not in state:
         step = (len(state["history"]) + 1) * rule["chunk"]

@@ -111,3 +111,24 @@ def test_seconds_from_another_device_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="calibrated on NVIDIA H100 80GB HBM3, this machine trains on cpu"):
         study.calibrate(args, tmp_path, pool=None)
     assert runs.cpu_info()["clock"] == "CPU seconds of the process" and runs.clock() >= 0
+
+
+def test_a_pretraining_history_without_its_checkpoint_starts_over(tmp_path, monkeypatch):
+    """plateau.json is committed, the run folder is not: on another machine an unfinished history
+    has no checkpoint to continue from, and the pretraining starts over instead of mislabelling
+    a fresh model as chunk N+1."""
+    pre = tmp_path / "s0"
+    pre.mkdir()
+    (pre / "plateau.json").write_text(json.dumps({"rule": {}, "history": [{"step": 4, "fd20": 9.0}],
+                                                  "cpu_seconds": 1.0}))
+    seen = []
+
+    def fake_train(variant, seed, run_dir, steps, every, extra, start=0, branch_from=None):
+        seen.append((steps, start))
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(runs, "train", fake_train)
+    monkeypatch.setattr(runs, "Scorer", lambda **k: None)
+    rule = {"chunk": 4, "min_steps": 4, "max_steps": 12, "patience": 1, "tol": 0.02, "samples": 8}
+    with pytest.raises(RuntimeError, match="stop here"):
+        runs.pretrain(0, pre, rule, 1e-3, {})
+    assert seen == [(4, 0)]  # from scratch: the first chunk, not the second
