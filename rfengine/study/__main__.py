@@ -160,11 +160,16 @@ def calibrate(args, out: Path, pool: Pool) -> dict:
     return cal
 
 
+def _scorer(args) -> dict:
+    """The arguments of `runs.Scorer` for every full score of the study."""
+    return {"samples": args.samples, "sample_steps": args.sample_steps}
+
+
 def seed_jobs(args, out: Path, seed: int, cal: dict, confirm: bool = False) -> dict:
     """One seed's jobs: pretrain, score the pretrained model, fine-tune. A selection seed fine-tunes
     every variant; a confirmation seed fine-tunes FM and the chosen variant, and both wait for the
     `select` job (its FM pretraining, which involves no variant, may run during selection)."""
-    scorer = {"samples": args.samples, "sample_steps": args.sample_steps}
+    scorer = _scorer(args)
     rule = {k: getattr(args, k) for k in ("chunk", "min_steps", "max_steps", "patience", "tol")}
     rule["samples"] = args.plateau_samples
     pre = out / "pretrain" / f"s{seed}"
@@ -188,7 +193,7 @@ def scheduled_jobs(args, out: Path, cal: dict) -> dict:
     checkpoints were kept is left out, and the log says so."""
     cost = cal["cpu_seconds_per_step"]
     steps = {v: max(1, round(args.tail_fm_steps * cost["fm"] / c)) for v, c in cost.items()}
-    scorer = {"samples": args.samples, "sample_steps": args.sample_steps}
+    scorer = _scorer(args)
     jobs = {}
     for seed in [*args.select_seeds, *args.confirm_seeds]:
         pre = out / "pretrain" / f"s{seed}"
@@ -211,7 +216,7 @@ def scheduled_jobs(args, out: Path, cal: dict) -> dict:
 
 def scratch_jobs(args, out: Path, cal: dict) -> dict:
     """Regime (a) (`runs.scratch`), after the choice and after regimes (c) and (b) in priority."""
-    scorer = {"samples": args.samples, "sample_steps": args.sample_steps}
+    scorer = _scorer(args)
     return {f"scratch {v} s{s}": (6, [f"pretrain s{s}", f"start s{s}", "select"], runs.scratch,
                                   (v, s, out / "scratch" / f"{v}_s{s}", out / "pretrain" / f"s{s}",
                                    cal["cpu_seconds_per_step"], args.lr, scorer))
@@ -292,10 +297,7 @@ def fm_run_summary(args, out: Path, regime: str, cal: dict, starts: dict, rows: 
     """Regimes (b) `scheduled` and (a) `scratch`, whose baseline is each seed's FM pretraining run to
     its end: per variant, the paired log FD ratio to it per seed and budget, with the 95% interval;
     their rows are added to `rows`."""
-    found = {}
-    for f in sorted((out / regime).glob("*/scores.json")):
-        r = json.loads(f.read_text())
-        found[(r["variant"], r["seed"])] = r
+    found = runs.finetune_results(out, regime)
     cost = cal["cpu_seconds_per_step"]
     block = {"baseline": "the seed's FM pretraining run to its end (the pretrained model)", "variants": {}}
     if regime == "scheduled":

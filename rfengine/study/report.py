@@ -34,6 +34,16 @@ def _ratio_table(rows: list[dict], steps) -> list[str]:
     return lines
 
 
+def _regime_section(block: dict, steps, title: str) -> list[str]:
+    """A regime measured against each seed's FM run (`fm_run_summary`): its ratio table and verdicts."""
+    if not block.get("variants"):
+        return []
+    out = ["", f"## {title}", ""]
+    out += _ratio_table([r for b in block["variants"].values() for r in b["rows"]], steps)
+    return out + [""] + [f"- {LABELS.get(v, v)}, seeds {b['seeds']}: at {stats.SELECT_AT} Euler steps {b['verdict']}."
+                         for v, b in block["variants"].items()]
+
+
 def tables(summary: dict) -> str:
     p, cal, sel = summary["protocol"], summary["calibration"], summary["selection"]
     steps = p["sample_steps"]
@@ -62,19 +72,11 @@ def tables(summary: dict) -> str:
         out += ["", f"**Headline** ({state}): {LABELS.get(h['variant'], h['variant'])} at "
                 f"{h['sample_steps']} Euler steps {h['verdict']}."]
     sch = summary.get("scheduled") or {}
-    if sch.get("variants"):
-        out += ["", f"## Regime (b), scheduled: the FM run switched to the variant {sch['tail_fm_steps']} FM steps "
-                "before its end (the same CPU seconds), against the FM run to its end", ""]
-        out += _ratio_table([r for b in sch["variants"].values() for r in b["rows"]], steps)
-        out += [""] + [f"- {LABELS.get(v, v)}, seeds {b['seeds']}: at {stats.SELECT_AT} Euler steps {b['verdict']}."
-                       for v, b in sch["variants"].items()]
-    scr = summary.get("scratch") or {}
-    if scr.get("variants"):
-        out += ["", "## Regime (a), from scratch: the variant trained for the CPU seconds of the whole FM run, "
-                "against that FM run", ""]
-        out += _ratio_table([r for b in scr["variants"].values() for r in b["rows"]], steps)
-        out += [""] + [f"- {LABELS.get(v, v)}, seeds {b['seeds']}: at {stats.SELECT_AT} Euler steps {b['verdict']}."
-                       for v, b in scr["variants"].items()]
+    out += _regime_section(sch, steps, f"Regime (b), scheduled: the FM run switched to the variant "
+                           f"{sch.get('tail_fm_steps')} FM steps before its end (the same CPU seconds), against the "
+                           "FM run to its end")
+    out += _regime_section(summary.get("scratch") or {}, steps, "Regime (a), from scratch: the variant trained for "
+                           "the CPU seconds of the whole FM run, against that FM run")
     out += ["", "## Per run, fine-tuning regime (20 Euler steps)", "",
             "| variant | seed | steps | FD | vs FM | precision | recall | CPU s (calibrated) | CPU s (measured) |",
             "|---|---|---|---|---|---|---|---|---|"]

@@ -165,12 +165,19 @@ def finetune(variant: str, seed: int, run_dir: Path, init: Path, steps: int, poi
         model = load(path)
         if step < steps:
             curve.append({"step": step, "fd20": scorer.fd(model, 20, scorer.samples)})
-    full = scorer.full(load(run_dir / "run" / "ema.safetensors"))
-    curve.append({"step": steps, "fd20": full["by_steps"]["20"]["fd"]})
     meta = json.loads((run_dir / "run" / "summary.json").read_text())
-    result = {"variant": variant, "seed": seed, "steps": steps, "cpu_seconds_measured": cpu,
-              "wall_seconds": meta["seconds"], "curve": curve, **full}
+    head = {"variant": variant, "seed": seed, "steps": steps, "cpu_seconds_measured": cpu,
+            "wall_seconds": meta["seconds"], "curve": curve}
+    result = _score_final(run_dir, head, scorer)
+    result["curve"].append({"step": steps, "fd20": result["by_steps"]["20"]["fd"]})  # the end of the curve
     write_json(result_path, result)
+    return result
+
+
+def _score_final(run_dir: Path, head: dict, scorer: "Scorer") -> dict:
+    """`head` and the full score of the run's final EMA; the run's step checkpoints are deleted (the
+    caller writes the result)."""
+    result = {**head, **scorer.full(load(run_dir / "run" / "ema.safetensors"))}
     for ckpt in (run_dir / "run" / "checkpoints").glob("step_*.pt"):
         ckpt.unlink()
     return result
@@ -193,18 +200,21 @@ def branch(variant: str, seed: int, run_dir: Path, pre: Path, tail: int, steps: 
                                 "pretraining's chunk checkpoints are kept on the machine that ran it")
     cpu = train(variant, seed, run_dir / "run", at + steps, steps, [f"optim.lr={lr}", f"objective.start={at}"],
                 start=at, branch_from=ckpt)
-    full = Scorer(**scorer_args).full(load(run_dir / "run" / "ema.safetensors"))
-    result = {"regime": "scheduled", "variant": variant, "seed": seed, "branch_step": at, "end_step": end,
-              "steps": steps, "fm_steps": tail, "cpu_seconds_measured": cpu, **full}
+    result = _score_final(run_dir, {"regime": "scheduled", "variant": variant, "seed": seed, "branch_step": at,
+                                    "end_step": end, "steps": steps, "fm_steps": tail, "cpu_seconds_measured": cpu},
+                          Scorer(**scorer_args))
     write_json(result_path, result)
-    for p in (run_dir / "run" / "checkpoints").glob("step_*.pt"):
-        p.unlink()
     return result
+
+
+def chosen(out: Path) -> str:
+    """The variant frozen in the study's selection.json (which must exist)."""
+    return json.loads((out / "selection.json").read_text())["variant"]
 
 
 def branch_chosen(out: Path, seed: int, pre: Path, tail: int, steps: dict, lr: float, scorer_args: dict) -> dict:
     """`branch` with the variant frozen in selection.json."""
-    variant = json.loads((out / "selection.json").read_text())["variant"]
+    variant = chosen(out)
     return branch(variant, seed, out / "scheduled" / f"{variant}_s{seed}", pre, tail, steps[variant], lr, scorer_args)
 
 
@@ -218,19 +228,17 @@ def scratch(variant: str, seed: int, run_dir: Path, pre: Path, cost: dict, lr: f
     end = json.loads((pre / "plateau.json").read_text())["stopped_at"]
     steps = max(1, round(end * cost["fm"] / cost[variant]))
     cpu = train(variant, seed, run_dir / "run", steps, max(1, steps // 4), [f"optim.lr={lr}"])
-    full = Scorer(**scorer_args).full(load(run_dir / "run" / "ema.safetensors"))
-    result = {"regime": "scratch", "variant": variant, "seed": seed, "steps": steps, "fm_steps": end,
-              "cpu_seconds_measured": cpu, **full}
+    result = _score_final(run_dir, {"regime": "scratch", "variant": variant, "seed": seed, "steps": steps,
+                                    "fm_steps": end, "cpu_seconds_measured": cpu}, Scorer(**scorer_args))
     write_json(result_path, result)
-    for p in (run_dir / "run" / "checkpoints").glob("step_*.pt"):
-        p.unlink()
     return result
 
 
-def finetune_results(out: Path) -> dict:
-    """(variant, seed) -> scores of every finished fine-tune under the study folder `out`."""
+def finetune_results(out: Path, regime: str = "finetune") -> dict:
+    """(variant, seed) -> scores of every finished run of a regime (`finetune`, `scheduled`, `scratch`)
+    under the study folder `out`."""
     results = {}
-    for f in sorted((out / "finetune").glob("*/scores.json")):
+    for f in sorted((out / regime).glob("*/scores.json")):
         r = json.loads(f.read_text())
         results[(r["variant"], r["seed"])] = r
     return results
@@ -252,8 +260,8 @@ def select(out: Path, variants, seeds, sample_steps) -> dict:
 
 
 def finetune_chosen(out: Path, seed: int, init: Path, steps: dict, points: int, lr: float, scorer_args: dict) -> dict:
-    """A confirmation fine-tune of the variant frozen in selection.json (which must exist)."""
-    variant = json.loads((out / "selection.json").read_text())["variant"]
+    """A confirmation fine-tune of the variant frozen in selection.json."""
+    variant = chosen(out)
     return finetune(variant, seed, out / "finetune" / f"{variant}_s{seed}", init, steps[variant], points, lr,
                     scorer_args)
 
