@@ -219,16 +219,12 @@ def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, bef
         def work():
             try:
                 future.result()
+                if is_main:
+                    finish()
             except (Exception, dcp.api.CheckpointException) as e:
                 if is_main:
                     shutil.rmtree(tmp, ignore_errors=True)
-                raise storage.write_error(path, e) from None
-            if is_main:
-                try:
-                    finish()
-                except storage.WriteError:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise
+                raise e if isinstance(e, storage.WriteError) else storage.write_error(path, e) from None
         writer.start(work)
         return path
     try:

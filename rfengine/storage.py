@@ -70,7 +70,8 @@ def _causes(exc: BaseException, depth: int = 0) -> list:
     if exc is None or depth > 4:
         return []
     found = [exc]
-    for rank_exc in getattr(exc, "failures", {}).values() if isinstance(getattr(exc, "failures", None), dict) else []:
+    failures = getattr(exc, "failures", None)
+    for rank_exc in failures.values() if isinstance(failures, dict) else []:
         found += _causes(rank_exc[0] if isinstance(rank_exc, tuple) else rank_exc, depth + 1)
     return found + _causes(exc.__cause__, depth + 1) + _causes(exc.__context__, depth + 1)
 
