@@ -98,23 +98,21 @@ def tables(summary: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(summary: dict, path: Path, title: str = "Fine-tuning a plateaued FM model at equal compute") -> Path:
-    """FD@20 against calibrated CPU seconds of fine-tuning, per variant (geometric mean over seeds,
+def _panel(ax, summary: dict, seeds=None) -> None:
+    """FD@20 against calibrated CPU seconds of fine-tuning, per variant (geometric mean over `seeds`,
     thin lines per seed), starting from the pretrained model's FD at 0 s."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     cal = summary["calibration"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = defaultdict(dict)
     for key, pts in summary["curves"].items():
         v, s = key.rsplit("_s", 1)
+        if seeds is not None and int(s) not in seeds:
+            continue
         start = summary["start_scores"].get(s)  # the pretrained model at 0 s, once it is scored
         xs = ([0.0] if start else []) + [p["step"] * cal["cpu_seconds_per_step"][v] for p in pts]
         ys = ([start["by_steps"]["20"]["fd"]] if start else []) + [p["fd20"] for p in pts]
         curves[v][s] = (xs, ys)
-    for i, (v, by_seed) in enumerate(sorted(curves.items())):
-        color = f"C{i}"
+    for v, by_seed in sorted(curves.items()):
+        color = f"C{sorted(LABELS).index(v)}" if v in LABELS else None
         for xs, ys in by_seed.values():
             ax.plot(xs, ys, color=color, alpha=0.2, lw=0.8)
         n = min(len(ys) for _, ys in by_seed.values())
@@ -122,10 +120,23 @@ def plot(summary: dict, path: Path, title: str = "Fine-tuning a plateaued FM mod
         ys = np.exp(np.mean([np.log(ys[-n:]) for _, ys in by_seed.values()], axis=0))
         ax.plot(xs, ys, color=color, lw=2, marker="o", ms=3, label=f"{LABELS.get(v, v)} ({len(by_seed)} seeds)")
     ax.set_xlabel("fine-tuning compute (CPU seconds, one thread)")
-    ax.set_ylabel(f"FD @ 20 Euler steps ({summary['protocol']['samples']} samples)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+
+
+def plot(summary: dict, path: Path, title: str = "Fine-tuning a plateaued FM model at equal compute",
+         panels: list[tuple[str, list[int]]] | None = None) -> Path:
+    """One panel per (title, seeds) in `panels` (every curve in one panel when None), sharing the FD axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = panels or [("", None)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), sharey=True, squeeze=False)
+    for ax, (sub, seeds) in zip(axes[0], panels):
+        _panel(ax, summary, seeds)
+        ax.set_title(sub, fontsize=9)
+    axes[0][0].set_ylabel(f"FD @ 20 Euler steps ({summary['protocol']['samples']} samples)")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -135,4 +146,8 @@ def plot(summary: dict, path: Path, title: str = "Fine-tuning a plateaued FM mod
 def write_report(summary: dict, out: Path) -> None:
     (out / "report.md").write_text(tables(summary))
     if summary["curves"]:
-        plot(summary, out / "fd_vs_seconds.png")
+        sel, h = summary["selection"], summary.get("headline")
+        panels = [(f"selection seeds {sel['seeds']}: every variant", sel["seeds"])]
+        if h:
+            panels.append((f"confirmation seeds {h['confirm_seeds']} (not seen by the choice)", h["confirm_seeds"]))
+        plot(summary, out / "fd_vs_seconds.png", panels=panels)
