@@ -15,7 +15,7 @@ BASE = [*TINY, "objective.name=reflexflow", "train.steps=4", "model.class_dropou
 
 
 def _run(nproc, out, *extra):
-    r = torchrun(nproc, "--config", "configs/tiny.yaml", *set_args(*BASE, f"train.out_dir={out}", *extra))
+    r = torchrun(nproc, "--config", "configs/tiny_fm.yaml", *set_args(*BASE, f"train.out_dir={out}", *extra))
     assert r.returncode == 0, r.stderr[-3000:]
     return losses(out)
 

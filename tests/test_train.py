@@ -41,7 +41,7 @@ def test_bf16_autocast_runs(tmp_path):
 
 
 def test_torchrun_two_process_ddp(tmp_path):
-    r = torchrun(2, "--config", "configs/tiny.yaml", *[a for s in TINY for a in ("--set", s)],
+    r = torchrun(2, "--config", "configs/tiny_fm.yaml", *[a for s in TINY for a in ("--set", s)],
                  "--set", "train.steps=6", "--set", f"train.out_dir={tmp_path}")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_metrics(tmp_path)

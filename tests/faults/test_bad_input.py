@@ -36,7 +36,7 @@ def test_missing_file():
 
 
 def test_cli_config_error_exits_2_before_any_work(tmp_path):
-    r = torchrun(1, "--config", "configs/tiny.yaml", "--set", "train.stepz=3", "--set", f"train.out_dir={tmp_path}/run")
+    r = torchrun(1, "--config", "configs/tiny_fm.yaml", "--set", "train.stepz=3", "--set", f"train.out_dir={tmp_path}/run")
     assert r.returncode != 0
     assert "did you mean 'train.steps'" in r.stderr
     assert not (tmp_path / "run").exists()  # nothing was created

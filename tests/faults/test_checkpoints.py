@@ -65,7 +65,7 @@ def test_wrapper_prefixes_are_stripped():
 
 def test_resume_with_another_model_fails_clearly(tmp_path):
     Trainer(tiny_cfg(tmp_path, "train.steps=2")).run()
-    r = train_cli("--config", "configs/tiny.yaml", *set_args("train.progress=false", f"train.out_dir={tmp_path}",
+    r = train_cli("--config", "configs/tiny_fm.yaml", *set_args("train.progress=false", f"train.out_dir={tmp_path}",
                                                             "model.arch=DiT-T/2", "train.steps=4"), "--resume", "auto")
     assert r.returncode == 1
     assert "rfengine: error: checkpoint" in r.stderr and "does not match this model" in r.stderr

@@ -64,7 +64,7 @@ def test_too_many_bad_steps_stop_with_the_step_and_last_finite_loss(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_preemption_checkpoints_and_exits_0_then_resumes(tmp_path, sig):
-    args = ["--config", "configs/tiny.yaml", *set_args(*TINY, f"train.out_dir={tmp_path}", "train.steps=100000")]
+    args = ["--config", "configs/tiny_fm.yaml", *set_args(*TINY, f"train.out_dir={tmp_path}", "train.steps=100000")]
     proc = subprocess.Popen([sys.executable, "-m", "rfengine.train", *args], cwd=ROOT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = tmp_path / "metrics.jsonl"

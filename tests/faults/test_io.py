@@ -47,7 +47,7 @@ def _no_temporaries(folder):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
-    r = train_cli("--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}"))
+    r = train_cli("--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}"))
     assert r.returncode == 0, r.stderr[-3000:]
     return losses(out)
 
@@ -58,7 +58,7 @@ def straight(tmp_path_factory):
 
 def test_too_small_a_filesystem_is_refused_before_anything_is_created(tmp_path):
     with tmpfs(tmp_path / "small", "8m") as mnt:
-        r = train_cli("--config", "configs/tiny.yaml", *set_args(*RUN, "train.keep_ckpts=3", f"train.out_dir={mnt}/run"))
+        r = train_cli("--config", "configs/tiny_fm.yaml", *set_args(*RUN, "train.keep_ckpts=3", f"train.out_dir={mnt}/run"))
         assert r.returncode == 1
         line = _one_error_line(r.stderr)
         assert f"{mnt}/run needs" in line and "MB free" in line and "4 checkpoints of 5.6 MB" in line
@@ -95,7 +95,7 @@ def test_estimate_matches_a_real_checkpoint(tmp_path):
 def test_disk_fills_mid_run_then_resume_is_exact(tmp_path, straight):
     with tmpfs(tmp_path / "fs", "16m") as mnt:
         out = mnt / "run"
-        args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}")]
+        args = ["--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}")]
         r = train_cli(*args, env={"RFENGINE_FAULT": "fill_disk@5"})
         assert r.returncode == 1, r.stderr[-3000:]
         line = _one_error_line(r.stderr)
@@ -140,7 +140,7 @@ def test_injected_enospc_on_checkpoint_and_export(tmp_path, monkeypatch):
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_vanished_checkpoint_folder_is_an_error_not_recreated(tmp_path, nproc):
     out = tmp_path / "run"
-    args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}")]
+    args = ["--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}")]
     env = {"RFENGINE_FAULT": "remove_dir@5"}
     r = train_cli(*args, env=env) if nproc == 1 else torchrun(2, *args, env=env, timeout=240)
     assert r.returncode != 0
@@ -158,7 +158,7 @@ def test_checkpoint_folder_turns_read_only_then_resume_is_exact(tmp_path, nproc,
     system` and the step-4 checkpoint; once writable again, `--resume auto` gives the losses of a
     run that was never stopped, bit for bit."""
     def launch(out, *extra, env=None):
-        args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}"), *extra]
+        args = ["--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}"), *extra]
         return train_cli(*args, env=env) if nproc == 1 else torchrun(2, *args, env=env, timeout=240)
     out = tmp_path / "run"
     try:
@@ -185,7 +185,7 @@ def test_two_process_metrics_write_failure_stops_every_process(tmp_path):
     the other process through the step's flags, and both stop."""
     with tmpfs(tmp_path / "fs", "16m") as mnt:
         out = mnt / "run"
-        r = torchrun(2, "--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}"),
+        r = torchrun(2, "--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}"),
                      env={"RFENGINE_FAULT": "fill_disk@5", "RFENGINE_FAULT_LEAVE": "0"}, timeout=240)
         assert r.returncode != 0
         assert r.stderr.count("rfengine: error: writing") == 2, r.stderr[-3000:]
@@ -237,7 +237,7 @@ def test_two_processes_disk_full_stops_every_process(tmp_path, mode):
     temporary folder, which is removed; the sharded checkpoint folder is complete or absent."""
     with tmpfs(tmp_path / "fs", "24m") as mnt:
         out = mnt / "run"
-        r = torchrun(2, "--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}"),
+        r = torchrun(2, "--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}"),
                      env={"RFENGINE_FAULT": "fill_disk@5"}, timeout=240)
         assert r.returncode != 0
         name = "step_00000008.pt" if mode == "ddp" else "step_00000008"
@@ -255,7 +255,7 @@ def test_two_processes_export_on_a_full_disk_then_resume(tmp_path, mode):
     freed, `--resume auto` writes the export (the run's weights are all in that checkpoint)."""
     with tmpfs(tmp_path / "fs", "24m") as mnt:
         out = mnt / "run"
-        args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}")]
+        args = ["--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}")]
         r = torchrun(2, *args, env={"RFENGINE_FAULT": f"fill_disk_export@{STEPS}"}, timeout=240)
         assert r.returncode != 0
         assert r.stderr.count("rfengine: error: writing") == 2, r.stderr[-3000:]
@@ -284,7 +284,7 @@ def test_two_processes_grid_on_a_full_disk_is_a_warning(tmp_path):
     writes): a warning, no half-written PNG, and the run finishes on both processes."""
     with tmpfs(tmp_path / "fs", "24m") as mnt:
         out = mnt / "run"
-        r = torchrun(2, "--config", "configs/tiny.yaml",
+        r = torchrun(2, "--config", "configs/tiny_fm.yaml",
                      *set_args(*RUN, f"train.out_dir={out}", "parallel.mode=fsdp", "train.sample_every=4",
                                "train.ckpt_every=12"),  # no checkpoint in flight while the disk is full
                      env={"RFENGINE_FAULT": "fill_disk_grid@4"}, timeout=240)
@@ -348,7 +348,7 @@ def test_held_checkpoint_does_not_hold_training(tmp_path, mode):
     pre = [sys.executable, "-m", "rfengine.train"] if mode == "single" else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "rfengine/train.py"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RFENGINE_FAULT": "hold_write@4"}
-    proc = subprocess.Popen([*pre, "--config", "configs/tiny.yaml", *over], cwd=ROOT, env=env,
+    proc = subprocess.Popen([*pre, "--config", "configs/tiny_fm.yaml", *over], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen, deadline = 0, time.monotonic() + 120
     while seen < 7 and time.monotonic() < deadline and proc.poll() is None:

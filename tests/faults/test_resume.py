@@ -22,7 +22,7 @@ SCHEDULED = ["objective.start=5", "objective.ramp=4"]
 
 
 def _launch(nproc, out, *extra, env=None, mode="ddp", run=()):
-    args = ["--config", "configs/tiny.yaml", *set_args(*RUN, *run, f"train.out_dir={out}", f"parallel.mode={mode}"),
+    args = ["--config", "configs/tiny_fm.yaml", *set_args(*RUN, *run, f"train.out_dir={out}", f"parallel.mode={mode}"),
             *extra]
     if nproc == 1:
         return train_cli(*args, env=env)
@@ -100,7 +100,7 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, reference):
     straight = reference(1)
     seed = int(os.environ.get("RFENGINE_TEST_SEED", random.randrange(10**6)))
     kill_at = random.Random(seed).randint(2, STEPS - 1)
-    args = ["--config", "configs/tiny.yaml", *set_args(*RUN, f"train.out_dir={tmp_path}", "train.ckpt_every=2")]
+    args = ["--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={tmp_path}", "train.ckpt_every=2")]
     proc = subprocess.Popen([sys.executable, "-m", "rfengine.train", *args], cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
