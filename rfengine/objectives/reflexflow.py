@@ -38,8 +38,8 @@ class ReflexFlow(Objective):
         x1 = x1.float()
         x0, t = self.draw(x1)
         adr_on, fc_on = adr.weight > 0, fc.alpha > 0
-        if not (adr_on or fc_on):
-            loss = self.fm_loss(model, x0, x1, t, y)
+        if not (adr_on or fc_on):  # L_FC = L_FM when fc.alpha = 0, still scaled by fc.weight (section 3 step 8)
+            loss = fc.weight * self.fm_loss(model, x0, x1, t, y)
             return loss, {"loss": loss.detach(), "loss_fc": loss.detach(), "t_mean": t.mean()}
 
         x_t, u = interpolate(x0, x1, t), velocity(x0, x1)

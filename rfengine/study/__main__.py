@@ -35,7 +35,7 @@ log = logging.getLogger("rfengine")
 PROTOCOL_KEYS = ["variants", "select_seeds", "confirm_seeds", "lr", "ft_fm_steps", "points", "chunk", "min_steps",
                  "max_steps", "patience", "tol", "plateau_samples", "samples", "sample_steps"]
 # regimes (b) and (a), added to a running study; recorded in protocol.json when first seen
-ADDED_KEYS = ["tail_fm_steps", "scheduled_variants", "scratch_variants", "scratch_seeds"]
+ADDED_KEYS = ["tail_fm_steps", "scheduled_variants", "scratch_variants", "scratch_seeds", "controls"]
 
 
 def parse_args(argv=None):
@@ -64,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--scratch-variants", nargs="*", default=["fc_input"], choices=list(runs.VARIANTS),
                    help="regime (a): trained from scratch for the seconds of the whole FM run; none to skip")
     p.add_argument("--scratch-seeds", nargs="*", type=int, default=[5, 6, 7, 8, 9])
+    p.add_argument("--controls", nargs="*", default=list(runs.CONTROLS), choices=list(runs.CONTROLS),
+                   help="fine-tuned on the confirmation seeds after everything else, against the chosen variant")
     p.add_argument("--stop-after", choices=["calibration", "selection"], help="stop after this phase")
     p.add_argument("--status", action="store_true",
                    help="print what has finished so far (paired ratios on the seeds complete so far); trains nothing")
@@ -73,7 +75,7 @@ def parse_args(argv=None):
         a.variants, a.select_seeds, a.confirm_seeds = ["fm", "fc_input"], [0, 1], [2]
         a.ft_fm_steps, a.points, a.chunk, a.min_steps, a.max_steps, a.patience = 8, 2, 4, 4, 12, 1
         a.plateau_samples, a.samples, a.sample_steps = 32, 64, [2, 20]
-        a.tail_fm_steps, a.scheduled_variants, a.scratch_seeds = 4, ["chosen"], [2]
+        a.tail_fm_steps, a.scheduled_variants, a.scratch_seeds, a.controls = 4, ["chosen"], [2], []
     if "fm" not in a.variants:
         p.error("--variants must include fm (every ratio is to FM)")
     if set(a.select_seeds) & set(a.confirm_seeds):
@@ -223,6 +225,16 @@ def scratch_jobs(args, out: Path, cal: dict) -> dict:
             for s in args.scratch_seeds for v in args.scratch_variants}
 
 
+def control_jobs(args, out: Path, cal: dict) -> dict:
+    """The controls (`runs.CONTROLS`) on the confirmation seeds, last: fine-tunes from the same pretrained
+    model with FM's step count (they cost what FM costs)."""
+    scorer = _scorer(args)
+    return {f"control {c} s{s}": (7, [f"pretrain s{s}", "select"], runs.finetune,
+                                  (c, s, out / "controls" / f"{c}_s{s}", out / "pretrain" / f"s{s}" / "pretrained.safetensors",
+                                   cal["finetune_steps"]["fm"], args.points, args.lr, scorer))
+            for s in args.confirm_seeds for c in args.controls}
+
+
 def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,6 +256,7 @@ def run(args) -> dict:
             jobs.update(seed_jobs(args, out, s, cal, confirm=True))
         jobs.update(scheduled_jobs(args, out, cal))  # regime (c) first, then (b), then (a)
         jobs.update(scratch_jobs(args, out, cal))
+        jobs.update(control_jobs(args, out, cal))
     selection = pool.run(jobs, "study")["select"]
     return summarize(args, out, cal, selection)
 
@@ -278,6 +291,7 @@ def summarize(args, out: Path, cal: dict, selection: dict) -> dict:
     scratch = fm_run_summary(args, out, "scratch", cal, starts, rows)
     summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS + ADDED_KEYS}, "calibration": cal,
                "scheduled": scheduled, "scratch": scratch,
+               "controls": control_summary(args, out, results, selection["variant"]),
                "selection": selection, "headline": headline, "rows": rows,
                "confirmation": stats.compare(results, ["fm", selection["variant"]], confirm, args.sample_steps)
                if confirm else [],
@@ -325,6 +339,25 @@ def fm_run_summary(args, out: Path, regime: str, cal: dict, starts: dict, rows: 
                     rows.append({"regime": regime, "variant": "fm", "seed": s, "sample_steps": int(k), **base,
                                  "steps": r["fm_steps"], "cpu_seconds": r["fm_steps"] * cost["fm"],
                                  "cpu_seconds_measured": None, **extra, "log_ratio_to_fm": 0.0, "phase": regime})
+    return block
+
+
+def control_summary(args, out: Path, results: dict, chosen: str) -> dict:
+    """Per control, on the confirmation seeds it finished: its paired log FD ratio to FM, and the chosen
+    variant's ratio to it (below 0: the chosen variant beats the control too)."""
+    found = runs.finetune_results(out, "controls")
+    block = {}
+    for c in sorted({c for c, _ in found}):
+        seeds = [s for s in args.confirm_seeds if (c, s) in found and ("fm", s) in results and (chosen, s) in results]
+        if not seeds:
+            continue
+        vs_fm = stats.compare({**results, **found}, ["fm", c], seeds, args.sample_steps)
+        as_base = {**{("fm", s): found[(c, s)] for s in seeds}, **{(chosen, s): results[(chosen, s)] for s in seeds}}
+        chosen_vs = stats.compare(as_base, ["fm", chosen], seeds, args.sample_steps)
+        at = next(r for r in chosen_vs if r["sample_steps"] == stats.SELECT_AT)
+        block[c] = {"seeds": seeds, "control_vs_fm": vs_fm, "chosen_vs_control": chosen_vs,
+                    "verdict": stats.verdict(at["mean_log_ratio"], *at["ci95"]).replace("FM", c),
+                    "variants": runs.CONTROLS[c]}
     return block
 
 

@@ -11,7 +11,7 @@ from rfengine.study import stats
 
 LABELS = {"fm": "FM (continued)", "rf": "ReflexFlow (spec defaults)", "fc_only": "FC only (velocity bias)",
           "fc_input": "FC only (input bias)", "direction": "ReflexFlow, adr.loss direction",
-          "prob0.25": "ReflexFlow, adr.prob 0.25"}
+          "prob0.25": "ReflexFlow, adr.prob 0.25", "fm_loss2": "FM, loss doubled (control)"}
 
 
 def _pct(x: float) -> str:
@@ -77,6 +77,12 @@ def tables(summary: dict) -> str:
                            "FM run to its end")
     out += _regime_section(summary.get("scratch") or {}, steps, "Regime (a), from scratch: the variant trained for "
                            "the CPU seconds of the whole FM run, against that FM run")
+    for c, b in (summary.get("controls") or {}).items():
+        out += ["", f"## Control: {LABELS.get(c, c)} (`{' '.join(b['variants'])}`), confirmation seeds {b['seeds']}",
+                "", "The control against FM:", ""] + _ratio_table(b["control_vs_fm"], steps)
+        out += ["", "The chosen variant against the control (the control is the baseline here):", ""]
+        out += _ratio_table(b["chosen_vs_control"], steps) + ["", f"- At {stats.SELECT_AT} Euler steps the chosen "
+                                                                   f"variant {b['verdict']}."]
     out += ["", "## Per run, fine-tuning regime (20 Euler steps)", "",
             "| variant | seed | steps | FD | vs FM | precision | recall | CPU s (calibrated) | CPU s (measured) |",
             "|---|---|---|---|---|---|---|---|---|"]

@@ -34,6 +34,13 @@ VARIANTS = {
     "direction": ["objective.name=reflexflow", "objective.adr.loss=direction"],
     "prob0.25": ["objective.name=reflexflow", "objective.adr.prob=0.25"],
 }
+# Controls, run after the result on the confirmation seeds: FM with its loss doubled, the mean of FC's
+# weight 1 + |delta_lp|/mean|delta_lp| (is FC's gain its reweighting, or only a larger loss under
+# gradient clipping?). Same one forward as FM, so FM's cost and step count.
+CONTROLS = {
+    "fm_loss2": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.alpha=0",
+                 "objective.fc.weight=2"],
+}
 BASE = ["model.arch=DiT-T/2", "model.class_conditional=false", "data.name=digits", "optim.warmup_steps=50",
         "optim.ema_decay=0.99", "train.log_every=50", "train.progress=false", "train.tensorboard=false",
         "train.sample_every=100000000", "train.batch_size=64"]
@@ -63,7 +70,7 @@ write_json = checkpoint.write_json
 
 
 def _config(variant: str, seed: int, out: Path, steps: int, extra: list[str]):
-    return config_lib.load(None, [*BASE, *VARIANTS[variant], *extra, f"train.seed={seed}", f"train.steps={steps}",
+    return config_lib.load(None, [*BASE, *{**VARIANTS, **CONTROLS}[variant], *extra, f"train.seed={seed}", f"train.steps={steps}",
                                   f"train.out_dir={out}"])
 
 
@@ -235,7 +242,8 @@ def scratch(variant: str, seed: int, run_dir: Path, pre: Path, cost: dict, lr: f
 
 
 def finetune_results(out: Path, regime: str = "finetune") -> dict:
-    """(variant, seed) -> scores of every finished run of a regime (`finetune`, `scheduled`, `scratch`)
+    """(variant, seed) -> scores of every finished run of a regime (`finetune`, `scheduled`, `scratch`,
+    `controls`)
     under the study folder `out`."""
     results = {}
     for f in sorted((out / regime).glob("*/scores.json")):

@@ -132,3 +132,26 @@ def test_a_pretraining_history_without_its_checkpoint_starts_over(tmp_path, monk
     with pytest.raises(RuntimeError, match="stop here"):
         runs.pretrain(0, pre, rule, 1e-3, {})
     assert seen == [(4, 0)]  # from scratch: the first chunk, not the second
+
+
+def test_controls_run_last_at_fm_cost_and_are_compared_with_the_choice(tmp_path):
+    """A control (FM with its loss doubled) is fine-tuned on each confirmation seed after the choice,
+    with FM's step count; the summary gives its ratio to FM and the chosen variant's ratio to it."""
+    args = study.parse_args(["--out", str(tmp_path), "--confirm-seeds", "5", "6"])
+    jobs = study.control_jobs(args, tmp_path, {"finetune_steps": {"fm": 1000, "fc_input": 702}})
+    assert set(jobs) == {"control fm_loss2 s5", "control fm_loss2 s6"}
+    prio, deps, fn, fargs = jobs["control fm_loss2 s5"]
+    assert fn is runs.finetune and "select" in deps and fargs[0] == "fm_loss2" and fargs[4] == 1000
+    assert prio > max(p for p, *_ in study.scratch_jobs(args, tmp_path, {"cpu_seconds_per_step": {}}).values())
+    fd = {("fm", 5): 10.0, ("fm", 6): 20.0, ("fc_input", 5): 6.0, ("fc_input", 6): 12.0}
+    results = {k: {"by_steps": {"20": {"fd": v}}} for k, v in fd.items()}
+    for s, v in ((5, 8.0), (6, 16.0)):
+        (tmp_path / "controls" / f"fm_loss2_s{s}").mkdir(parents=True)
+        runs.write_json(tmp_path / "controls" / f"fm_loss2_s{s}" / "scores.json",
+                        {"variant": "fm_loss2", "seed": s, "by_steps": {"20": {"fd": v}}})
+    block = study.control_summary(study.parse_args(["--out", str(tmp_path), "--confirm-seeds", "5", "6",
+                                                    "--sample-steps", "20"]), tmp_path, results, "fc_input")
+    c = block["fm_loss2"]
+    assert c["seeds"] == [5, 6] and c["control_vs_fm"][0]["per_seed"] == pytest.approx([math.log(0.8)] * 2)
+    assert c["chosen_vs_control"][0]["per_seed"] == pytest.approx([math.log(0.75)] * 2)
+    assert c["verdict"].startswith("beats fm_loss2")

@@ -52,6 +52,16 @@ def test_reflexflow_with_both_parts_off_is_exactly_fm(model, batch):
     assert "loss_adr" not in m
 
 
+def test_fc_weight_scales_the_fm_loss_when_both_parts_are_off(model, batch):
+    """SPEC section 3 step 8: L = fc.weight * L_FC, and L_FC = L_FM at fc.alpha = 0 (the study's
+    doubled-loss control)."""
+    x1, y = batch
+    fm, _ = run(build_objective(obj_cfg(name="fm")), model, x1, y)
+    rf, _ = run(build_objective(obj_cfg(name="reflexflow", adr={"weight": 0.0}, fc={"alpha": 0.0, "weight": 2.0})),
+                model, x1, y)
+    assert torch.equal(rf, 2 * fm)
+
+
 def test_ip_with_zero_gamma_is_fm(model, batch):
     x1, y = batch
     fm, _ = run(build_objective(obj_cfg(name="fm")), model, x1, y)
