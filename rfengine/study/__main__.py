@@ -351,12 +351,12 @@ def control_summary(args, out: Path, results: dict, chosen: str) -> dict:
         seeds = [s for s in args.confirm_seeds if (c, s) in found and ("fm", s) in results and (chosen, s) in results]
         if not seeds:
             continue
-        vs_fm = stats.compare({**results, **found}, ["fm", c], seeds, args.sample_steps)
-        as_base = {**{("fm", s): found[(c, s)] for s in seeds}, **{(chosen, s): results[(chosen, s)] for s in seeds}}
-        chosen_vs = stats.compare(as_base, ["fm", chosen], seeds, args.sample_steps)
+        both = {**results, **found}
+        vs_fm = stats.compare(both, [c], seeds, args.sample_steps)
+        chosen_vs = stats.compare(both, [chosen], seeds, args.sample_steps, base=c)
         at = next(r for r in chosen_vs if r["sample_steps"] == stats.SELECT_AT)
         block[c] = {"seeds": seeds, "control_vs_fm": vs_fm, "chosen_vs_control": chosen_vs,
-                    "verdict": stats.verdict(at["mean_log_ratio"], *at["ci95"]).replace("FM", c),
+                    "verdict": stats.verdict(at["mean_log_ratio"], *at["ci95"], base=c),
                     "variants": runs.CONTROLS[c]}
     return block
 

@@ -21,20 +21,20 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def log_ratios(results: dict, variant: str, seeds, k: int) -> list[float]:
-    """log(FD_variant / FD_fm) per seed at `k` Euler steps; `results[(variant, seed)]` are fine-tune scores."""
-    return [math.log(results[(variant, s)]["by_steps"][str(k)]["fd"] / results[("fm", s)]["by_steps"][str(k)]["fd"])
+def log_ratios(results: dict, variant: str, seeds, k: int, base: str = "fm") -> list[float]:
+    """log(FD_variant / FD_base) per seed at `k` Euler steps; `results[(variant, seed)]` are fine-tune scores."""
+    return [math.log(results[(variant, s)]["by_steps"][str(k)]["fd"] / results[(base, s)]["by_steps"][str(k)]["fd"])
             for s in seeds]
 
 
-def compare(results: dict, variants, seeds, sample_steps) -> list[dict]:
-    """One row per (variant, budget): mean log ratio to FM, its 95% interval, and the per-seed values."""
+def compare(results: dict, variants, seeds, sample_steps, base: str = "fm") -> list[dict]:
+    """One row per (variant, budget): mean log ratio to `base`, its 95% interval, and the per-seed values."""
     rows = []
     for v in variants:
-        if v == "fm":
+        if v == base:
             continue
         for k in sample_steps:
-            r = log_ratios(results, v, seeds, k)
+            r = log_ratios(results, v, seeds, k, base)
             m, lo, hi = t_interval(r)
             rows.append({"variant": v, "sample_steps": k, "mean_log_ratio": m, "ci95": [lo, hi], "per_seed": r,
                          "seeds": list(seeds)})
@@ -49,11 +49,11 @@ def choose(rows: list[dict]) -> dict:
                                                 "selection seeds", "selection_row": best}
 
 
-def verdict(mean: float, lo: float, hi: float) -> str:
-    """Plain words for an interval of log ratios."""
+def verdict(mean: float, lo: float, hi: float, base: str = "FM") -> str:
+    """Plain words for an interval of log ratios to `base`."""
     pct = lambda x: f"{100 * (math.exp(x) - 1):+.1f}%"  # noqa: E731
     if hi < 0:
-        return f"beats FM: FD {pct(mean)} (95% CI {pct(lo)} to {pct(hi)})"
+        return f"beats {base}: FD {pct(mean)} (95% CI {pct(lo)} to {pct(hi)})"
     if lo > 0:
-        return f"loses to FM: FD {pct(mean)} (95% CI {pct(lo)} to {pct(hi)})"
-    return f"not distinguishable from FM: FD {pct(mean)} (95% CI {pct(lo)} to {pct(hi)})"
+        return f"loses to {base}: FD {pct(mean)} (95% CI {pct(lo)} to {pct(hi)})"
+    return f"not distinguishable from {base}: FD {pct(mean)} (95% CI {pct(lo)} to {pct(hi)})"
