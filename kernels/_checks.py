@@ -1,9 +1,37 @@
 """Input checks shared by every implementation of the ops: each failure is a ValueError that names
-the argument, what was expected and what was given."""
+the argument, what was expected and what was given.
+
+Checks of shape, dtype and device read only metadata and always run. Checks of values (times in
+[0, 1]) read the tensor back to the host, which on a GPU is a device sync that stalls the queue of
+kernels: they run only when value checks are on (`RFENGINE_CHECK_VALUES=1`, or `value_checks(True)`),
+as in the test suite and for debugging, never by default on the training path.
+"""
 from __future__ import annotations
+
+import contextlib
+import os
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
+
+_VALUE_CHECKS: list[bool] = []  # a stack of `value_checks` overrides; empty: the environment decides
+
+
+def values_checked() -> bool:
+    """Whether range checks that read tensor values run (a host read each)."""
+    if _VALUE_CHECKS:
+        return _VALUE_CHECKS[-1]
+    return os.environ.get("RFENGINE_CHECK_VALUES", "0").strip() == "1"
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """Turn value (range) checks on or off inside the block, whatever the environment says."""
+    _VALUE_CHECKS.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.pop()
 
 
 def check_image(name: str, x, like: torch.Tensor | None = None) -> None:
@@ -22,7 +50,8 @@ def check_image(name: str, x, like: torch.Tensor | None = None) -> None:
 
 
 def check_per_sample(name: str, v, like: torch.Tensor, *, unit_interval: bool = False) -> None:
-    """v must be a floating (B,) tensor on like's device; optionally every entry in [0, 1]."""
+    """v must be a floating (B,) tensor on like's device; optionally every entry in [0, 1] (checked
+    only when `values_checked()`: the check reads the values back to the host)."""
     b = like.shape[0]
     if not isinstance(v, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor of shape ({b},), got {type(v).__name__}")
@@ -34,7 +63,7 @@ def check_per_sample(name: str, v, like: torch.Tensor, *, unit_interval: bool = 
         raise ValueError(f"{name}: expected device {like.device}, got {v.device}")
     # The range check reads the values (a device sync); skip it while torch.compile traces and for
     # fake tensors (the planner's FakeTensorMode step), which have no values.
-    if unit_interval and not torch.compiler.is_compiling() and not is_fake(v):
+    if unit_interval and values_checked() and not torch.compiler.is_compiling() and not is_fake(v):
         lo, hi = v.min().item(), v.max().item()
         if lo < 0 or hi > 1:
             raise ValueError(f"{name}: expected values in [0, 1], got min {lo:.4g}, max {hi:.4g}")

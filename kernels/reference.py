@@ -14,7 +14,7 @@ EPS_T = 1e-3      # floor for 1 - t
 EPS_NORM = 1e-6   # floor for vector norms
 EPS_FC = 1e-8     # floor in the FC weight's denominator
 
-MASKS = ("circle", "box", "gaussian")
+MASKS = ("circle", "box", "gaussian", "none")
 ADR_KINDS = ("x1", "mse", "direction")
 REDUCTIONS = ("mean", "none")
 
@@ -75,7 +75,8 @@ def adr_euler_step(xhat, v, h, *, x0=None, x1=None, t=None):
 def fc_mask(height: int, width: int, mask: str = "circle", cutoff: float = 0.25, *,
             device=None, dtype=torch.float32) -> torch.Tensor:
     """The low-pass mask (H, W) on the unshifted 2-D frequency grid of `torch.fft.fftfreq`
-    (cycles/sample). circle: radius <= cutoff/2; box: |fy|, |fx| <= cutoff/2; gaussian: sigma = cutoff/2."""
+    (cycles/sample). circle: radius <= cutoff/2; box: |fy|, |fx| <= cutoff/2; gaussian: sigma = cutoff/2;
+    none: all-pass (every entry 1; the ablation of the low-pass, SPEC section 4.2)."""
     check_choice("mask", mask, MASKS)
     check_positive("cutoff", cutoff)
     fy = torch.fft.fftfreq(height, device=device, dtype=torch.float64)[:, None]
@@ -83,6 +84,8 @@ def fc_mask(height: int, width: int, mask: str = "circle", cutoff: float = 0.25,
     r = 0.5 * cutoff
     if mask == "circle":
         m = (fy ** 2 + fx ** 2).sqrt() <= r
+    elif mask == "none":
+        m = torch.ones_like(fy * fx, dtype=torch.bool)
     elif mask == "box":
         m = (fy.abs() <= r) & (fx.abs() <= r)
     else:
@@ -91,9 +94,13 @@ def fc_mask(height: int, width: int, mask: str = "circle", cutoff: float = 0.25,
 
 
 def fc_lowpass(delta, mask: str = "circle", cutoff: float = 0.25) -> torch.Tensor:
-    """delta_lp = Re(IFFT2(M * FFT2(delta))) per (sample, channel) over (H, W), in the accumulation dtype."""
+    """delta_lp = Re(IFFT2(M * FFT2(delta))) per (sample, channel) over (H, W), in the accumulation dtype.
+    With mask `none` (all-pass) that is delta itself, and no FFT is taken."""
     check_image("delta", delta)
     d = _acc(delta)
+    if mask == "none":
+        check_positive("cutoff", cutoff)
+        return d.clone() if d is delta else d
     m = fc_mask(d.shape[-2], d.shape[-1], mask, cutoff, device=d.device, dtype=d.dtype)
     return torch.fft.ifft2(torch.fft.fft2(d) * m).real
 

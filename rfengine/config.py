@@ -71,8 +71,10 @@ class ADRConfig:
 @dataclass
 class FCConfig:
     """Frequency Compensation (SPEC section 3, steps 6-7)."""
-    bias_space: Literal["velocity", "input"] = "velocity"
-    mask: Literal["circle", "box", "gaussian"] = "circle"
+    # velocity: sg(v(x_t)) - sg(v(xhat)); input: xhat - x_t; self: sg(v(x_t) - u), the training forward's
+    # own error (no rollout, no extra forward: SPEC section 4.2)
+    bias_space: Literal["velocity", "input", "self"] = "velocity"
+    mask: Literal["circle", "box", "gaussian", "none"] = "circle"
     cutoff: float = _bound(0.25, gt=0.0)
     alpha: float = _bound(1.0, ge=0.0)
     t_max: float = _bound(1.0, ge=0.0, le=1.0)
@@ -92,6 +94,12 @@ class ObjectiveConfig:
     time_sampler: Literal["uniform", "logit_normal"] = "uniform"
     logit_mean: float = 0.0
     logit_std: float = _bound(1.0, gt=0.0)
+    # The FM branch's per-sample weight over t (SPEC section 4.1): none, or Min-SNR-gamma for the velocity
+    # loss, min(t^2, gamma*(1-t)^2)/c with c its mean under time_sampler.
+    weighting: Literal["none", "min_snr"] = "none"
+    min_snr_gamma: float = _bound(5.0, gt=0.0)
+    # LightningDiT's cosine velocity loss added to the FM branch: cosine_weight * mean_b(1 - cos(v_b, u_b)).
+    cosine_weight: float = _bound(0.0, ge=0.0)
     # Run the clean and drifted gradient branches as one concatenated model call.
     concat_branches: bool = True
     # Plain FM before this step (a step if >= 1, a fraction of train.steps if < 1; 0: from the start),

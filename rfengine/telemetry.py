@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from rfengine import parallel
+
 log = logging.getLogger("rfengine")
 
 
@@ -20,6 +22,26 @@ def _step_of(line: str, torn: int) -> int:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return torn
+
+
+def reduce_metrics(metrics: dict, device: torch.device) -> dict[str, float]:
+    """The objective's metrics (detached 0-dim tensors on the training device) as plain floats, agreed
+    over every process: maxima (`*_max`) by max, everything else by the mean. One stacked tensor per
+    reduction and one read to the host: the metrics never wait on the device before this."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    keys = sorted(metrics)
+    out = {}
+    for names, op in (([k for k in keys if not k.endswith("_max")], "mean"),
+                      ([k for k in keys if k.endswith("_max")], "max")):
+        if not names:
+            continue
+        vals = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).to(device)
+        if op == "max":
+            vals = parallel.all_reduce(vals, op=torch.distributed.ReduceOp.MAX)
+        else:
+            vals = parallel.all_reduce(vals) / world
+        out.update(zip(names, vals.tolist()))
+    return {k: out[k] for k in keys}
 
 
 class MetricsFile:

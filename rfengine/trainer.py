@@ -5,6 +5,7 @@ One step: next batch -> label dropout -> objective loss under autocast -> backwa
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -23,7 +24,7 @@ from rfengine.objectives import build_objective
 from rfengine.optim import build_optimizer, ema_update, warmup_schedule
 from rfengine.sample import generate, save_grid
 from rfengine.telemetry import (DeviceStats, MetricsFile, ModelRows, PhaseTimer, TensorBoard, Throughput, peak_tflops,
-                                progress_bar, setup_logging)
+                                progress_bar, reduce_metrics, setup_logging)
 
 log = logging.getLogger("rfengine")
 
@@ -301,8 +302,9 @@ class Trainer:
     # -------------------------------------------------------------------------------------------
 
     def _autocast(self):
-        enabled = self.cfg.train.precision == "bf16"
-        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
+        if self.cfg.train.precision != "bf16":  # (no autocast object at all: some devices have none)
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
 
     def train_step(self, x1: torch.Tensor, y: torch.Tensor) -> tuple[bool, dict]:
         """One optimisation step; returns (applied, metrics). A non-finite loss or gradient on any
@@ -320,16 +322,20 @@ class Trainer:
         with self.phases.phase("optimizer"):
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
             grad_norm = parallel.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+            # Every flag every process needs to agree on, in one tensor, reduced once and read to the
+            # host once: the only device sync of a step that is not logged.
             stop = float(self._stop is not None and self._stop.requested)
-            flags = torch.stack([(~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float(),
-                                 torch.tensor(stop, device=loss.device),
-                                 torch.tensor(float(self._failed_write() is not None), device=loss.device)])
-            flags = parallel.all_reduce(flags.to(self.dist.device), op=torch.distributed.ReduceOp.MAX)
+            failed = float(self._failed_write() is not None)
+            dev = self.dist.device  # host values enter as fills (kernel arguments), not as copies that sync
+            bad = (~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float()
+            flags = torch.stack([bad.to(dev), torch.full((), stop, device=dev), torch.full((), failed, device=dev)])
+            flags = parallel.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            nonfinite, stop, failed = flags.tolist()
             if self._stop is not None:
-                self._stop.requested = bool(flags[1].item())
-            if flags[2].item() > 0:  # a process could not write a checkpoint or metrics.jsonl: every process stops
+                self._stop.requested = stop > 0
+            if failed > 0:  # a process could not write a checkpoint or metrics.jsonl: every process stops
                 self._stop_on_write_error(self._failed_write())
-            finite = flags[0].item() == 0
+            finite = nonfinite == 0
             if finite:
                 self.optimizer.step()
                 self.scheduler.step()
@@ -340,14 +346,12 @@ class Trainer:
         return finite, metrics
 
     def _log(self, metrics: dict, reading: tuple[float, float, bool], bad_steps: int, bar) -> None:
-        keys = sorted(metrics)
-        vals = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).to(self.dist.device)
-        vals = parallel.all_reduce(vals) / self.dist.world  # mean over ranks
+        values = reduce_metrics(metrics, self.dist.device)
         images_per_s, seconds, steady = reading
         tflops = self.rows.forward_units() * self.flops_per_image * self.dist.world / seconds / 1e12
         if steady:
             self.steady_tflop += tflops * seconds
-        row = {"step": self.step, **{k: float(v) for k, v in zip(keys, vals.tolist())},
+        row = {"step": self.step, **values,
                "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s,
                "tokens_per_s": images_per_s * self.tokens_per_image, "model_tflops": tflops,
                "bad_steps": bad_steps, **self.phases.read(), **self.device_stats.read()}

@@ -10,9 +10,9 @@ what `fm` draws.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from rfengine.flow import interpolate, sample_times, velocity
+from rfengine.objectives.weighting import FMTerm
 
 
 class Objective:
@@ -29,9 +29,10 @@ class Objective:
     def __init__(self, cfg, metrics_every: int = 1):
         self.cfg = cfg
         self.metrics_every = metrics_every
+        self.fm_term = FMTerm(cfg)  # the FM branch's loss: time weighting and cosine term (SPEC section 4.1)
 
-    def detailed(self, step: int) -> bool:
-        """Whether this step also computes metrics that cost extra device work."""
+    def extra_metrics_at(self, step: int) -> bool:
+        """Whether this step also computes metrics that cost extra device work (the logged steps)."""
         return step % self.metrics_every == 0
 
     def draw(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,11 +42,11 @@ class Objective:
                          device=x1.device)
         return x0, t
 
-    @staticmethod
-    def fm_loss(model, x0, x1, t, y) -> torch.Tensor:
-        """Vanilla flow matching: mean((v(x_t, t, y) - u)^2) over all elements, in fp32."""
+    def fm_loss(self, model, x0, x1, t, y) -> torch.Tensor:
+        """Flow matching: mean((v(x_t, t, y) - u)^2) over all elements, in fp32, shaped by
+        `objective.weighting` and `objective.cosine_weight` (vanilla FM when both are off)."""
         v = model(interpolate(x0, x1, t), t, y)
-        return F.mse_loss(v.float(), velocity(x0, x1))
+        return self.fm_term(v, velocity(x0, x1), t)
 
     def loss(self, model, x1, y, step):  # pragma: no cover - interface
         raise NotImplementedError

@@ -3,7 +3,6 @@ t*x1 + (1 - t)*(x0 + gamma*xi) but is trained towards the unperturbed velocity x
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from rfengine.flow import interpolate, velocity
 from rfengine.objectives.base import Objective
@@ -19,5 +18,5 @@ class InputPerturbation(Objective):
         x0, t = self.draw(x1)
         xi = torch.randn_like(x0)
         v = model(interpolate(x0 + self.cfg.ip.gamma * xi, x1, t), t, y)
-        loss = F.mse_loss(v.float(), velocity(x0, x1))
+        loss = self.fm_term(v, velocity(x0, x1), t)
         return loss, {"loss": loss.detach(), "t_mean": t.mean()}

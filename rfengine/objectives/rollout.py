@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
-from rfengine.flow import interpolate
+from rfengine.flow import expand_t, interpolate
 
 
 @dataclass
@@ -21,8 +21,7 @@ class Rollout:
     rolled: torch.Tensor       # (B,) bool, which samples were rolled out
     xhat: torch.Tensor         # (B, C, H, W) the model's own state at t
     uhat: torch.Tensor         # (B, C, H, W) rectified target
-    delta_x: torch.Tensor      # (B, C, H, W) xhat - x_t
-    uhat_sqnorm: torch.Tensor  # (B,)
+    delta_x: torch.Tensor      # (B, C, H, W) xhat - x_t; exactly 0 on the rows not rolled out
     idx: torch.Tensor          # (n,) indices of the rolled samples (all of 0..B-1 at adr.prob = 1)
 
     @property
@@ -31,11 +30,24 @@ class Rollout:
         return self.idx.numel() < self.rolled.numel()
 
 
-def pair_times(t: torch.Tensor, adr) -> tuple[torch.Tensor, torch.Tensor]:
-    """Start times s <= t for the rollout and the mask of rolled samples (`adr.prob`).
+def rolled_count(batch: int, prob: float) -> int:
+    """How many of a process's `batch` samples are rolled out at `adr.prob`: round(prob*batch), at
+    least one when prob > 0. A count fixed by the config, not drawn per sample: the rolled subset's size
+    is known on the host, so choosing it reads nothing back from the device (a Bernoulli mask would
+    need a `nonzero`, a device sync, every step) and its shape does not change from step to step."""
+    if prob >= 1.0:
+        return batch
+    if prob <= 0.0:
+        return 0
+    return min(batch, max(1, int(round(prob * batch))))
+
+
+def pair_times(t: torch.Tensor, adr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Start times s <= t for the rollout, the mask (B,) of rolled samples and their indices (n,).
 
     grid:    s = max(t - K/infer_steps, 0), the drift an Euler sampler with infer_steps steps makes;
     uniform: s = t*U(0, 1).
+    With `adr.prob` < 1 a random subset of `rolled_count` samples is rolled out; the others get s = t.
     """
     if adr.pairing == "grid":
         s = torch.clamp(t - adr.steps / adr.infer_steps, min=0.0)
@@ -43,10 +55,13 @@ def pair_times(t: torch.Tensor, adr) -> tuple[torch.Tensor, torch.Tensor]:
         s = t * torch.rand_like(t)
     else:
         raise ValueError(f"adr.pairing: expected 'grid' or 'uniform', got {adr.pairing!r}")
-    if adr.prob >= 1.0:
-        return s, torch.ones_like(t, dtype=torch.bool)
-    rolled = torch.rand_like(t) < adr.prob
-    return torch.where(rolled, s, t), rolled
+    b = t.shape[0]
+    n = rolled_count(b, adr.prob)
+    if n == b:
+        return s, torch.ones_like(t, dtype=torch.bool), torch.arange(b, device=t.device)
+    idx = torch.randperm(b, device=t.device)[:n].sort().values
+    rolled = torch.zeros_like(t, dtype=torch.bool).index_fill_(0, idx, True)
+    return torch.where(rolled, s, t), rolled, idx
 
 
 def take(y, idx):
@@ -63,23 +78,25 @@ def no_grad_mode(model):
     return torch.no_grad() if hasattr(first, "to_local") else torch.inference_mode()
 
 
-def rollout(model, x0: torch.Tensor, x1: torch.Tensor, y, t: torch.Tensor, adr) -> Rollout:
+def rollout(model, x0: torch.Tensor, x1: torch.Tensor, y, t: torch.Tensor, adr,
+            keep_graph: bool = False) -> Rollout:
     """K Euler steps of `model` from x_s to t, in the training precision (the caller's autocast).
 
     The model calls run under `torch.inference_mode` (no graph, no version counters; `no_grad_mode`
-    explains the FSDP exception), except the last one when `adr.grad_through_rollout` (then xhat,
-    uhat and delta_x carry that call's graph). Only the rolled samples are sent through the model;
-    the others keep xhat = x_t exactly (h = 0)."""
-    s, rolled = pair_times(t, adr)
+    explains the FSDP exception), except the last one when `keep_graph` (the caller's loss trains the
+    step that made the drift: `adr.grad_through_rollout`); then xhat, uhat and delta_x carry that call's
+    graph. Only the rolled samples are sent through the model; the others keep xhat = x_t (h = 0) and
+    get delta_x = 0 exactly (masked, not recomputed: a fused kernel may round x_t differently from
+    `interpolate`, and FC's scale-free weight would turn an ulp of difference into full contrast)."""
+    s, rolled, idx = pair_times(t, adr)
     k_steps = adr.steps
     h = (t - s) / k_steps
     x_s = interpolate(x0, x1, s)
     b = t.shape[0]
-    idx = rolled.nonzero().squeeze(1)
     subset = idx.numel() < b
     state = x_s[idx] if subset else x_s
     ts, hs, ys = (s[idx], h[idx], take(y, idx)) if subset else (s, h, y)
-    keep_graph = torch.is_grad_enabled() and adr.grad_through_rollout
+    keep_graph = keep_graph and torch.is_grad_enabled()
     v = None
     for k in range(k_steps):
         last = k == k_steps - 1
@@ -95,17 +112,17 @@ def rollout(model, x0: torch.Tensor, x1: torch.Tensor, y, t: torch.Tensor, adr) 
                 state = kernels.adr_euler_step(state, v, hs)
     with torch.set_grad_enabled(keep_graph):
         if subset:  # scatter the rolled samples back into full-batch tensors for the fused last step
-            full_state, full_v = x_s.clone(), torch.zeros_like(x_s, dtype=v.dtype)
-            full_state[idx] = state.to(full_state.dtype)
-            full_v[idx] = v
-            state, v = full_state, full_v
-        xhat, uhat, delta_x, sq = kernels.adr_euler_step(state, v, h, x0=x0, x1=x1, t=t)
-    return Rollout(s=s, rolled=rolled, xhat=xhat, uhat=uhat, delta_x=delta_x, uhat_sqnorm=sq, idx=idx)
+            state = x_s.index_copy(0, idx, state.to(x_s.dtype))
+            v = torch.zeros_like(x_s, dtype=v.dtype).index_copy(0, idx, v)
+        xhat, uhat, delta_x, _ = kernels.adr_euler_step(state, v, h, x0=x0, x1=x1, t=t)
+        if subset:
+            delta_x = delta_x * expand_t(rolled, delta_x).to(delta_x.dtype)
+    return Rollout(s=s, rolled=rolled, xhat=xhat, uhat=uhat, delta_x=delta_x, idx=idx)
 
 
 def rollout_metrics(r: Rollout, t: torch.Tensor) -> dict:
     """Training-time exposure bias and the time-pair statistics (detached 0-dim tensors)."""
-    n = r.rolled.sum().clamp(min=1)
+    n = r.rolled.sum().clamp(min=1)  # a device tensor: no host read
     dx = r.delta_x.detach().float().pow(2).flatten(1).mean(1)                # ||delta_x||^2 / d per sample
     return {
         "delta_x_sq": (dx * r.rolled).sum() / n,

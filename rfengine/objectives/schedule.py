@@ -47,5 +47,6 @@ class Scheduled(Objective):
             self._cfgs[p] = dataclasses.replace(self.cfg, adr=dataclasses.replace(self.cfg.adr, prob=p))
         self.inner.cfg = self._cfgs[p]
         loss, metrics = self.inner.loss(model, x1, y, step)
-        metrics["adr_prob"] = torch.tensor(p)
+        # on the loss's device: the trainer stacks every metric into one tensor there
+        metrics["adr_prob"] = torch.full((), p, device=loss.device)
         return loss, metrics

@@ -2,8 +2,6 @@
 plain MSE of v(xhat, t, y) against the original velocity u = x1 - x0."""
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from rfengine.flow import velocity
 from rfengine.objectives.base import Objective
 from rfengine.objectives.rollout import rollout, rollout_metrics
@@ -17,7 +15,7 @@ class ScheduledSampling(Objective):
     def loss(self, model, x1, y, step):
         x1 = x1.float()
         x0, t = self.draw(x1)
-        r = rollout(model, x0, x1, y, t, self.cfg.adr)
+        r = rollout(model, x0, x1, y, t, self.cfg.adr, keep_graph=self.cfg.adr.grad_through_rollout)
         v = model(r.xhat, t, y)
-        loss = F.mse_loss(v.float(), velocity(x0, x1))
+        loss = self.fm_term(v, velocity(x0, x1), t)
         return loss, {"loss": loss.detach(), **rollout_metrics(r, t)}

@@ -75,3 +75,26 @@ def test_fused_bad_input_is_rejected_by_name(monkeypatch):
         kernels.adr_loss(pred, target.transpose(2, 3), tt)
     with pytest.raises(ValueError, match="kind: expected one of"):
         kernels.adr_loss(pred, target, tt, kind="l2")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_value_checks_run_only_when_switched_on(enabled):
+    """Times outside [0, 1] are caught by the value check when it is on (tests, debugging); off (the
+    default on the training path) the op reads nothing back to the host and so cannot see them."""
+    from kernels._checks import value_checks
+    xhat, v, h = (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(2))
+    t = torch.tensor([0.5, 1.5])
+    with value_checks(enabled):
+        if enabled:
+            with pytest.raises(ValueError, match=r"t: expected values in \[0, 1\], got min 0.5, max 1.5"):
+                R.adr_euler_step(xhat, v, h, x0=xhat, x1=v, t=t)
+        else:
+            R.adr_euler_step(xhat, v, h, x0=xhat, x1=v, t=t)
+
+
+def test_value_checks_follow_the_environment(monkeypatch):
+    from kernels._checks import values_checked
+    monkeypatch.setenv("RFENGINE_CHECK_VALUES", "0")
+    assert not values_checked()
+    monkeypatch.setenv("RFENGINE_CHECK_VALUES", "1")
+    assert values_checked()

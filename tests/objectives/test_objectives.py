@@ -139,17 +139,26 @@ def test_loss_terms_match_a_direct_computation(model, batch):
 def test_pairing_rules():
     t = torch.tensor([0.05, 0.5, 1.0])
     grid = obj_cfg(adr={"steps": 2, "infer_steps": 10, "pairing": "grid"}).adr
-    s, rolled = pair_times(t, grid)
+    s, rolled, idx = pair_times(t, grid)
     torch.testing.assert_close(s, torch.tensor([0.0, 0.3, 0.8]))
-    assert rolled.all()
+    assert rolled.all() and torch.equal(idx, torch.arange(3))
     uni = obj_cfg(adr={"pairing": "uniform"}).adr
-    s, _ = pair_times(torch.rand(1000), uni)
+    s, _, _ = pair_times(torch.rand(1000), uni)
     assert (s >= 0).all()
     half = obj_cfg(adr={"prob": 0.5}).adr
     t = torch.rand(4000) * 0.8 + 0.2
-    s, rolled = pair_times(t, half)
-    assert abs(rolled.float().mean().item() - 0.5) < 0.05
+    s, rolled, idx = pair_times(t, half)
+    assert int(rolled.sum()) == 2000 and torch.equal(rolled.nonzero().squeeze(1), idx)
     assert torch.equal(s[~rolled], t[~rolled]) and (s[rolled] < t[rolled]).all()
+    seen = torch.stack([pair_times(t[:8], half)[1] for _ in range(200)]).float().mean(0)
+    assert ((seen > 0.3) & (seen < 0.7)).all(), "every sample is equally likely to be rolled"
+
+
+@pytest.mark.parametrize("batch_size, prob, want", [(64, 0.25, 16), (64, 0.5, 32), (6, 0.5, 3), (7, 0.25, 2),
+                                                    (3, 0.1, 1), (5, 0.0, 0), (5, 1.0, 5)])
+def test_rolled_count_is_the_rounded_share_and_at_least_one(batch_size, prob, want):
+    from rfengine.objectives.rollout import rolled_count
+    assert rolled_count(batch_size, prob) == want
 
 
 def test_rollout_subset_keeps_unrolled_samples_on_path(model, batch):
@@ -219,7 +228,7 @@ def test_partial_rollout_forwards_only_rolled_samples_with_the_same_math(model, 
     x0, t = obj.draw(x1)
     r = rollout(model, x0, x1, y, t, cfg.adr)
     n = int(r.rolled.sum())
-    assert 0 < n < 6, "the seed should roll some samples and not others"
+    assert n == 3, "adr.prob 0.5 of 6 samples rolls 3"
     assert sum(calls) == n + 6 + n  # rollout n, clean branch 6, drifted branch n (not 6)
     xt = interpolate(x0, x1, t)
     v_clean, v_hat = model(torch.cat([xt, r.xhat]), torch.cat([t, t]), torch.cat([y, y])).chunk(2)
