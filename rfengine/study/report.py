@@ -11,7 +11,9 @@ from rfengine.study import stats
 
 LABELS = {"fm": "FM (continued)", "rf": "ReflexFlow (spec defaults)", "fc_only": "FC only (velocity bias)",
           "fc_input": "FC only (input bias)", "direction": "ReflexFlow, adr.loss direction",
-          "prob0.25": "ReflexFlow, adr.prob 0.25", "fm_loss2": "FM, loss doubled (control)"}
+          "prob0.25": "ReflexFlow, adr.prob 0.25", "fm_loss2": "FM, loss doubled (control)",
+          "fm_ln": "FM, logit-normal t", "fm_snr": "FM, Min-SNR-5", "fm_cos": "FM + cosine loss",
+          "fc_self": "FC, own error (self)"}
 
 
 def _pct(x: float) -> str:

@@ -33,6 +33,18 @@ VARIANTS = {
     "fc_input": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input"],
     "direction": ["objective.name=reflexflow", "objective.adr.loss=direction"],
     "prob0.25": ["objective.name=reflexflow", "objective.adr.prob=0.25"],
+    # study v3 (issue 18): the strong cheap baselines (SPEC section 4.1) ...
+    "fm_ln": ["objective.name=fm", "objective.time_sampler=logit_normal"],
+    "fm_snr": ["objective.name=fm", "objective.weighting=min_snr"],
+    "fm_cos": ["objective.name=fm", "objective.cosine_weight=1"],
+    # ... and FC's variants (section 4.2), each also run on top of a baseline as "<fc>@<baseline>"
+    "fc_input_p0.5": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input",
+                      "objective.adr.prob=0.5"],
+    "fc_input_p0.25": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input",
+                       "objective.adr.prob=0.25"],
+    "fc_self": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=self"],
+    "fc_self_nomask": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=self",
+                       "objective.fc.mask=none"],
 }
 # Controls, run after the result on the confirmation seeds: FM with its loss doubled, the mean of FC's
 # weight 1 + |delta_lp|/mean|delta_lp| (is FC's gain its reweighting, or only a larger loss under
@@ -69,8 +81,26 @@ def clock() -> float:
 write_json = checkpoint.write_json
 
 
+def overrides(variant: str) -> list[str]:
+    """The config overrides of a variant: a name of VARIANTS or CONTROLS, or "<fc>@<baseline>", an FC
+    variant on top of a baseline's time sampler and weighting (the FC variant's objective name wins)."""
+    table = {**VARIANTS, **CONTROLS}
+    fc, _, base = variant.partition("@")
+    unknown = [n for n in (fc, base) if n and n not in table]
+    if unknown:
+        raise ValueError(f"study variant {variant!r}: unknown {', '.join(unknown)}; known: {', '.join(table)}")
+    if not base:
+        return list(table[fc])
+    return [o for o in table[base] if not o.startswith("objective.name=")] + list(table[fc])
+
+
+def is_fm(variant: str) -> bool:
+    """Whether the variant trains `objective.name=fm` (a baseline; no schedule switch to make)."""
+    return "objective.name=fm" in overrides(variant)
+
+
 def _config(variant: str, seed: int, out: Path, steps: int, extra: list[str]):
-    return config_lib.load(None, [*BASE, *{**VARIANTS, **CONTROLS}[variant], *extra, f"train.seed={seed}", f"train.steps={steps}",
+    return config_lib.load(None, [*BASE, *overrides(variant), *extra, f"train.seed={seed}", f"train.steps={steps}",
                                   f"train.out_dir={out}"])
 
 
@@ -156,6 +186,34 @@ def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict)
     return state
 
 
+def recreate(seed: int, pre: Path, rule: dict, lr: float, scorer_args: dict) -> dict:
+    """The chunk checkpoints of seed `seed`'s FM pretraining run, made again on this machine (run folders
+    are not committed): the same run, chunk by chunk, to where it stopped (`plateau.json`), keeping every
+    chunk checkpoint for the regime (b) branches. The re-created final EMA is compared with the committed
+    `pretrained.safetensors`, weight for weight and by FD@20 (`recreated.json`); a re-creation that does
+    not score as the committed model stops the job with both numbers."""
+    result_path = pre / "recreated.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    end = json.loads((pre / "plateau.json").read_text())["stopped_at"]
+    for step in range(rule["chunk"], end + 1, rule["chunk"]):
+        if not checkpoint.checkpoint_path(pre / "run" / "checkpoints", step).is_file():
+            train("fm", seed, pre / "run", step, rule["chunk"], [f"optim.lr={lr}"], start=step - rule["chunk"])
+    from safetensors.torch import load_file
+    made, committed = load_file(pre / "run" / "ema.safetensors"), load_file(pre / "pretrained.safetensors")
+    diff = max(float((made[k].float() - committed[k].float()).abs().max()) for k in committed)
+    scorer = Scorer(**scorer_args)
+    fd_made, fd_committed = (scorer.fd(load(p), 20, rule["samples"]) for p in
+                             (pre / "run" / "ema.safetensors", pre / "pretrained.safetensors"))
+    result = {"seed": seed, "steps": end, "identical": diff == 0.0, "max_abs_weight_diff": diff,
+              "fd20_recreated": fd_made, "fd20_committed": fd_committed, "samples": rule["samples"]}
+    if abs(fd_made / fd_committed - 1) > 0.01:
+        raise RuntimeError(f"recreate s{seed}: the re-created FM run does not score as the committed model "
+                           f"(FD@20 {fd_made:.3f} vs {fd_committed:.3f}, weights differ by up to {diff:.3g})")
+    write_json(result_path, result)
+    return result
+
+
 def finetune(variant: str, seed: int, run_dir: Path, init: Path, steps: int, points: int, lr: float,
              scorer_args: dict) -> dict:
     """`variant` from the pretrained weights `init` (step 0, fresh optimizer) for `steps` steps; the
@@ -205,7 +263,8 @@ def branch(variant: str, seed: int, run_dir: Path, pre: Path, tail: int, steps: 
     if not ckpt.is_file():
         raise FileNotFoundError(f"scheduled {variant} s{seed}: no FM checkpoint at step {at} ({ckpt}); the "
                                 "pretraining's chunk checkpoints are kept on the machine that ran it")
-    cpu = train(variant, seed, run_dir / "run", at + steps, steps, [f"optim.lr={lr}", f"objective.start={at}"],
+    switch = [] if is_fm(variant) else [f"objective.start={at}"]  # an FM baseline's tail has no switch to make
+    cpu = train(variant, seed, run_dir / "run", at + steps, steps, [f"optim.lr={lr}", *switch],
                 start=at, branch_from=ckpt)
     result = _score_final(run_dir, {"regime": "scheduled", "variant": variant, "seed": seed, "branch_step": at,
                                     "end_step": end, "steps": steps, "fm_steps": tail, "cpu_seconds_measured": cpu},

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rfengine.study import __main__ as study
+from rfengine.study import v2 as study
 from rfengine.study import runs, stats
 
 
