@@ -11,11 +11,13 @@ Two formats, both written under a hidden temporary name and renamed into place o
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -280,11 +282,13 @@ def preflight(out: Path, model: torch.nn.Module, world: int, keep: int, other_by
 
 
 def resume_hint(folder: Path) -> str:
-    """Where a stopped run resumes from, in words."""
-    found = latest(folder) if Path(folder).is_dir() else None
-    if found is None:
+    """Where a stopped run resumes from, in words. From the names alone (a checkpoint gets its name only
+    when complete): this runs on every process on an error path, where reading a file costs time."""
+    found = list_checkpoints(folder)
+    if not found:
         return "no complete checkpoint was written yet"
-    return (f"the last complete checkpoint is {found[0]} (step {found[1]['step']}); once the cause is fixed, run the "
+    step, path = found[-1]
+    return (f"the last complete checkpoint is {path} (step {step}); once the cause is fixed, run the "
             "same command with --resume auto")
 
 
@@ -297,6 +301,35 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+# What a .pt file may hold beyond tensors and plain containers, read without running code: SiT's
+# training checkpoints keep their argparse.Namespace under `args`; rfengine checkpoints written
+# before the RNG states were stored as tensors hold numpy's Mersenne-Twister state (a uint32 array).
+_SAFE_GLOBALS = [argparse.Namespace, np.zeros(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+_BLOCKED = re.compile(r"GLOBAL (\S+)")
+
+
+class UnsafeFileError(ValueError):
+    """A .pt file that could only be read by running code named in it (a pickle global outside the
+    allow-list): refused, never skipped as merely damaged."""
+
+
+def read_pt(path: str | Path, what: str = "checkpoint"):
+    """A .pt file read onto the CPU without running code: `torch.load(weights_only=True)` with a short
+    allow-list (`_SAFE_GLOBALS`). A file that needs anything else raises `UnsafeFileError` naming the
+    global it asked for; any other failure propagates."""
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _BLOCKED.search(str(e))
+        if found is None:
+            raise
+        raise UnsafeFileError(
+            f"{what} {path} refused: reading it would call {found.group(1)}, code named inside the file. rfengine "
+            "reads .pt files without running code (torch.load weights_only=True); a file you trust can be "
+            "converted to a plain state dict or a .safetensors file first") from None
+
+
 def load(path: str | Path) -> dict:
     """Read a checkpoint onto the CPU; a missing, truncated or foreign file raises a ValueError naming it.
     For a sharded checkpoint this is its `meta.pt` plus `sharded: <folder>`; the tensors are read with
@@ -306,7 +339,9 @@ def load(path: str | Path) -> dict:
         if not (path / ".metadata").is_file() or not (path / META).is_file():
             raise ValueError(f"checkpoint {path} is not a complete sharded checkpoint (no .metadata or {META})")
         try:
-            meta = torch.load(path / META, map_location="cpu", weights_only=False)
+            meta = read_pt(path / META)
+        except UnsafeFileError:
+            raise
         except Exception as e:
             raise ValueError(f"checkpoint {path}/{META} is corrupt ({type(e).__name__}: {e})") from e
         if not isinstance(meta, dict) or "step" not in meta:
@@ -315,7 +350,9 @@ def load(path: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = read_pt(path)
+    except UnsafeFileError:
+        raise
     except Exception as e:  # torch raises several types for a damaged archive
         raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
@@ -324,10 +361,13 @@ def load(path: str | Path) -> dict:
 
 
 def latest(folder: str | Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint in `folder` that loads, skipping (and reporting) damaged ones."""
+    """The newest checkpoint in `folder` that loads, skipping (and reporting) damaged ones. A file that
+    would run code (`UnsafeFileError`) is not skipped: it stops the caller."""
     for step, path in reversed(list_checkpoints(folder)):
         try:
             return path, load(path)
+        except UnsafeFileError:
+            raise
         except ValueError as e:
             log.warning("skipping damaged checkpoint: %s", e)
     return None
@@ -392,8 +432,12 @@ def load_model_state(model: torch.nn.Module, state: dict, source: str = "checkpo
 
 
 def capture_rng() -> dict:
-    """Every random state this process uses."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every random state this process uses, as tensors and plain types (so that a checkpoint loads
+    with weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -401,7 +445,10 @@ def capture_rng() -> dict:
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    npr = state["numpy"]
+    if isinstance(npr, dict):
+        npr = (npr["name"], npr["keys"].numpy().astype(np.uint32), npr["pos"], npr["has_gauss"], npr["cached_gaussian"])
+    np.random.set_state(npr)  # (or the tuple of checkpoints written before: numpy arrays, read by the allow-list)
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -285,8 +285,12 @@ def _cross_checks(cfg: Config) -> None:
 
 
 def resolve_steps(value: float, total: int) -> int:
-    """A step count given as a step (>= 1) or as a fraction of `total` (< 1), as `objective.start`."""
-    return int(value) if value >= 1 else int(round(value * total))
+    """A step count given as a step (>= 1) or as a fraction of `total` (< 1), as `objective.start`. A
+    fraction never reaches `total` (0.88 of 4 steps is step 3, not 4), so a short smoke run of a
+    config still crosses its switch."""
+    if value >= 1:
+        return int(value)
+    return min(int(round(value * total)), max(total - 1, 0))
 
 
 def from_dict(data: dict) -> Config:

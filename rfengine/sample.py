@@ -115,7 +115,7 @@ def sample_main(argv=None) -> int:
     import argparse
     import json
     from tqdm import tqdm
-    from rfengine import parallel
+    from rfengine import cli, parallel
     # No option may be a prefix of a torchrun option (--run-path, --numa-binding, ...): torchrun's
     # parser rejects an ambiguous prefix anywhere on the command line, even after the script.
     p = argparse.ArgumentParser(description="Sample a trained rfengine model: PNG grid + .npz (uint8 NHWC arr_0).")
@@ -131,9 +131,9 @@ def sample_main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default: <run>/eval)")
     a = p.parse_args(argv)
-    dist = parallel.init_distributed("auto")
-    done = False
-    try:
+
+    def body():
+        dist = parallel.init_distributed("auto")
         path = _resolve_checkpoint(a.run, a.ckpt)
         model, cfg, shape = load_model(path, a.weights)
         model.to(dist.device)
@@ -166,10 +166,7 @@ def sample_main(argv=None) -> int:
                     "cfg": a.cfg, "shift": a.shift, "num": a.count, "seed": a.seed, "world": dist.world}
             (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
             print(f"wrote {out / (stem + '.npz')} ({arr.shape}, uint8 NHWC) and a grid")
-        done = True
-    finally:
-        parallel.shutdown(clean=done)
-    return 0
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import signal
@@ -20,7 +21,7 @@ from rfengine import checkpoint, config as config_lib, faults, parallel, storage
 from rfengine.data import batches, build_dataset
 from rfengine.models import build_model, drop_labels
 from rfengine.models.attention import check_backend as check_attention
-from rfengine.objectives import build_objective
+from rfengine.objectives import build_objective, pin_schedule
 from rfengine.optim import build_optimizer, ema_update, warmup_schedule
 from rfengine.sample import generate, save_grid
 from rfengine.telemetry import (DeviceStats, MetricsFile, ModelRows, PhaseTimer, TensorBoard, Throughput, peak_tflops,
@@ -74,8 +75,6 @@ class Trainer:
             (self.out / "samples").mkdir(exist_ok=True)
         parallel.barrier()
         setup_logging(self.dist.is_main, self.out)
-        if self.dist.is_main:
-            config_lib.save(cfg, self.out / "config.yaml")
         log.info("rfengine: %d process(es), device %s", self.dist.world, self.dist.device)
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -119,7 +118,14 @@ class Trainer:
         self.step = 0
         self.batches = 0  # batches drawn so far, skipped (non-finite) steps included: the data position
         self.last_finite_loss = float("nan")
+        self._recorded_schedule = None  # the switch step a resumed run was started with (its checkpoint's)
         self._resume(resume)
+        self.objective, self.schedule = pin_schedule(self.objective, cfg.objective, cfg.train.steps,
+                                                     self._recorded_schedule)
+        if self.dist.is_main:  # the resolved config: every default filled in, the switch as a step
+            pinned = dataclasses.replace(cfg.objective, start=float(self.schedule["start"]),
+                                         ramp=float(self.schedule["ramp"]))
+            config_lib.save(dataclasses.replace(cfg, objective=pinned), self.out / "config.yaml")
         # Every rank draws different noise; the seed offset makes the streams reproducible per rank.
         if self.step == 0:
             torch.manual_seed(cfg.train.seed * 1000 + self.dist.rank + 1)
@@ -164,6 +170,12 @@ class Trainer:
         if resume == "auto":
             found = checkpoint.latest(self.out / "checkpoints")
             if found is None:
+                present = checkpoint.list_checkpoints(self.out / "checkpoints")
+                if present:  # never start over silently on top of a run whose checkpoints cannot be read
+                    raise ValueError(
+                        f"--resume auto: none of the {len(present)} checkpoint(s) in {self.out / 'checkpoints'} loads "
+                        f"({', '.join(p.name for _, p in present[-3:])}; the warnings above say why); to start "
+                        "fresh, move them away or choose another train.out_dir")
                 log.info("--resume auto: no checkpoint in %s, starting fresh", self.out / "checkpoints")
                 return
             path, ckpt = found
@@ -184,6 +196,7 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.batches = int(ckpt.get("batches", self.step))
         self.last_finite_loss = ckpt.get("last_finite_loss", float("nan"))
+        self._recorded_schedule = ckpt.get("schedule")
         rng = ckpt.get("rng", [])
         if len(rng) == self.dist.world:
             checkpoint.restore_rng(rng[self.dist.rank])
@@ -223,7 +236,7 @@ class Trainer:
         self._stop_on_write_error(error)
         rng = parallel.all_gather_object(checkpoint.capture_rng())
         step = self.step
-        state = {**self._meta(), "batches": self.batches, "scheduler": self.scheduler.state_dict(), "rng": rng,
+        state = {**self._meta(), "batches": self.batches, "scheduler": self.scheduler.state_dict(), "rng": rng, "schedule": self.schedule,
                  "world_size": self.dist.world, "last_finite_loss": self.last_finite_loss}
         folder = self.out / "checkpoints"
         crash = lambda tmp: faults.before_rename(step, tmp, self.out)  # noqa: E731
@@ -248,6 +261,18 @@ class Trainer:
         self._stop_on_write_error(error)
         parallel.barrier()
         return path
+
+    def finish_save(self) -> Path:
+        """Collective: complete the checkpoint of this step that is already in flight (a stop requested
+        on a checkpoint step), instead of writing the same step a second time; returns its path."""
+        error = None
+        try:
+            self.writer.wait()
+        except storage.WriteError as e:
+            error = e
+        self._stop_on_write_error(error)
+        parallel.barrier()
+        return checkpoint.checkpoint_path(self.out / "checkpoints", self.step, sharded=self.sharded)
 
     def _finish_background_write(self) -> None:
         """On the way out (an error included), the checkpoint in flight is completed before the
@@ -399,9 +424,16 @@ class Trainer:
         return out
 
     def run(self) -> dict:
-        """Train from the current step to `train.steps`; returns a summary."""
-        cfg = self.cfg
+        """Train from the current step to `train.steps`; returns a summary. The SIGTERM/SIGINT handlers
+        live exactly as long as this call, whatever it raises."""
         self._stop = _StopFlag()
+        try:
+            return self._run()
+        finally:
+            self._stop.restore()
+
+    def _run(self) -> dict:
+        cfg = self.cfg
         self._start_telemetry()
         if self.dist.is_main:
             self.metrics_file = MetricsFile(self.out / "metrics.jsonl", resume_step=self.step)
@@ -443,13 +475,14 @@ class Trainer:
                     bar.update(1)
                 if self._logs_at(self.step):
                     self._log(metrics, meter.read(self.dist.device), bad_total, bar)
-                if self.step % cfg.train.ckpt_every == 0 and self.step < cfg.train.steps:
+                saved = self.step % cfg.train.ckpt_every == 0 and self.step < cfg.train.steps
+                if saved:
                     self.save_checkpoint(wait=False)
                 if self.step % cfg.train.sample_every == 0 and self.step < cfg.train.steps:
                     self.save_samples()
-                if self._stop.requested:
+                if self._stop.requested:  # (a checkpoint step's own save is completed, not written twice)
                     self.last_finite_loss = float(last_loss)
-                    path = self.save_checkpoint()
+                    path = self.finish_save() if saved else self.save_checkpoint()
                     log.warning("stopped at step %d; checkpoint %s. Resume by running the same command with "
                                 "--resume auto", self.step, path)
                     return {"step": self.step, "stopped": True}
@@ -477,4 +510,3 @@ class Trainer:
                 self.metrics_file.close()
                 self.tensorboard.close()
             self.rows.remove()
-            self._stop.restore()

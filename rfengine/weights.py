@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from rfengine.checkpoint import load, load_model_state, load_sharded, strip_prefixes
+from rfengine.checkpoint import UnsafeFileError, load, load_model_state, load_sharded, read_pt, strip_prefixes
 
 
 def read_weights(path: str | Path, weights: str, template: dict) -> tuple[dict, str]:
@@ -43,7 +43,9 @@ def read_weights(path: str | Path, weights: str, template: dict) -> tuple[dict, 
             raise ValueError(f"init_from: {path} holds the {held} weights, not train.init_weights={weights!r}")
         return strip_prefixes(state), f"rfengine safetensors export ({held} weights)"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = read_pt(path, "init_from")
+    except UnsafeFileError:
+        raise
     except Exception as e:
         raise ValueError(f"init_from: {path} is corrupt or not a checkpoint ({type(e).__name__}: {e})") from e
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

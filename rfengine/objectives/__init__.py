@@ -6,7 +6,7 @@ from rfengine.objectives.fm import FlowMatching
 from rfengine.objectives.ip import InputPerturbation
 from rfengine.objectives.reflexflow import ReflexFlow
 from rfengine.config import resolve_steps
-from rfengine.objectives.schedule import Scheduled
+from rfengine.objectives.schedule import Scheduled, pin_schedule
 from rfengine.objectives.ss import ScheduledSampling
 
 OBJECTIVES = {cls.name: cls for cls in (FlowMatching, InputPerturbation, ScheduledSampling, ReflexFlow)}
@@ -25,4 +25,4 @@ def build_objective(cfg, metrics_every: int = 1, total_steps: int = 0) -> Object
 
 
 __all__ = ["Objective", "OBJECTIVES", "build_objective", "FlowMatching", "InputPerturbation",
-           "ScheduledSampling", "ReflexFlow", "Scheduled"]
+           "ScheduledSampling", "ReflexFlow", "Scheduled", "pin_schedule"]

@@ -8,12 +8,15 @@ forward); after it, exactly the configured objective at that step's `adr.prob`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 
 from rfengine.config import resolve_steps
 from rfengine.objectives.base import Objective
 from rfengine.objectives.fm import FlowMatching
+
+log = logging.getLogger("rfengine")
 
 
 class Scheduled(Objective):
@@ -50,3 +53,31 @@ class Scheduled(Objective):
         # on the loss's device: the trainer stacks every metric into one tensor there
         metrics["adr_prob"] = torch.full((), p, device=loss.device)
         return loss, metrics
+
+
+def pin_schedule(objective: Objective, cfg, total_steps: int, recorded: dict | None) -> tuple[Objective, dict]:
+    """The run's switch (and ramp) as steps, fixed at its first start: a fractional `objective.start`
+    resolved against a resumed run's (perhaps larger) `train.steps` would move the switch, and steps
+    already trained after it would go back to FM. `recorded` is what the run's checkpoint holds
+    (`{"start", "ramp"}` as steps, `{"start_given", "ramp_given"}` as configured) or None at the first
+    start; a resume whose config gives the same values keeps the recorded steps, one that asks for
+    other values gets them, with one line that says so. Returns the objective (behind its schedule
+    when it has one) and the record to keep in checkpoints."""
+    steps = {}
+    for key in ("start", "ramp"):
+        given = getattr(cfg, key)
+        now = resolve_steps(given, total_steps)
+        if recorded is None or key not in recorded:
+            steps[key] = now
+        elif given == recorded[f"{key}_given"]:
+            steps[key] = int(recorded[key])
+        else:
+            steps[key] = now
+            if now != recorded[key]:
+                log.warning("objective.%s: the run was started with %s (step %d); this resume asks for %s: from "
+                            "here on the switch is step %d", key, recorded[f"{key}_given"], recorded[key], given, now)
+    if isinstance(objective, Scheduled):
+        objective.start, objective.ramp = steps["start"], steps["ramp"]
+    elif steps["start"] or steps["ramp"]:
+        objective = Scheduled(objective, steps["start"], steps["ramp"])
+    return objective, {**steps, "start_given": cfg.start, "ramp_given": cfg.ramp}

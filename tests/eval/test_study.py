@@ -4,6 +4,7 @@ the confirmation seeds, the headline and its report), its resume, its frozen pro
 paired statistics."""
 import json
 import math
+import time
 
 import pytest
 
@@ -110,7 +111,14 @@ def test_seconds_from_another_device_are_refused(tmp_path):
     (tmp_path / "calibration.json").write_text(json.dumps({"machine": {"device": "NVIDIA H100 80GB HBM3"}}))
     with pytest.raises(SystemExit, match="calibrated on NVIDIA H100 80GB HBM3, this machine trains on cpu"):
         study.calibrate(args, tmp_path, pool=None)
-    assert runs.cpu_info()["clock"] == "CPU seconds of the process" and runs.clock() >= 0
+    assert runs.cpu_info()["clock"] == "CPU seconds of the process"
+    t0 = runs.clock()
+    time.sleep(0.3)  # waiting is not compute
+    idle = runs.clock() - t0
+    t0 = runs.clock()
+    sum(i * i for i in range(2_000_000))
+    busy = runs.clock() - t0
+    assert idle < 0.1 and busy > 0.02, (idle, busy)
 
 
 def test_a_pretraining_history_without_its_checkpoint_starts_over(tmp_path, monkeypatch):

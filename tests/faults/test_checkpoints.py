@@ -58,9 +58,14 @@ def test_checkpoint_from_another_model_names_the_keys():
 
 
 def test_wrapper_prefixes_are_stripped():
+    torch.manual_seed(0)
+    source = build_model("DiT-T/4", in_channels=1, input_size=16, num_classes=10)
+    torch.manual_seed(1)
     model = build_model("DiT-T/4", in_channels=1, input_size=16, num_classes=10)
-    state = {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}
+    state = {f"module._orig_mod.{k}": v for k, v in source.state_dict().items()}
     checkpoint.load_model_state(model, state)  # DDP + compile names load into the bare model
+    for k, v in source.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
 
 
 def test_resume_with_another_model_fails_clearly(tmp_path):

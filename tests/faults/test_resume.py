@@ -110,8 +110,11 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, reference):
         if metrics.exists() and metrics.read_text().count("\n") >= kill_at:
             break
         time.sleep(0.005)
+    assert proc.poll() is None, f"seed {seed}: the run ended (exit {proc.returncode}) before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"seed {seed}: the first process was not killed (exit {proc.returncode})"
+    assert metrics.exists() and metrics.read_text().count("\n") >= kill_at, f"seed {seed}: killed before step {kill_at}"
     resumed = train_cli(*args, "--resume", "auto")
     assert resumed.returncode == 0, f"seed {seed}: " + resumed.stderr[-3000:]
     try:

@@ -62,7 +62,6 @@ def test_no_schedule_builds_the_plain_objective():
 
 @pytest.mark.parametrize("extra, match", [
     (["objective.start=100"], "not before train.steps"),
-    (["objective.start=0.9999"], "not before train.steps"),
     (["objective.name=fm", "objective.start=10"], "objective.name is fm"),
     (["objective.start=12.5"], "a step .* or a fraction"),
     (["objective.ramp=-1"], "must be >= 0"),
@@ -95,3 +94,35 @@ def test_switch_under_compile_costs_at_most_one_recompile(tmp_path, monkeypatch)
     assert graphs[0] == fm_graphs, graphs  # FM steps compile once
     assert graphs[3] - fm_graphs <= 1, graphs  # the rollout's inference graph only
     assert graphs[-1] == graphs[3], graphs  # nothing new after the first ReflexFlow step
+
+
+def test_the_switch_stays_put_when_a_resume_extends_train_steps(tmp_path):
+    """A fractional objective.start is resolved once, at the run's first start (0.5 of 8 steps: step 4),
+    and recorded in config.yaml and the checkpoint; a resume with train.steps=16 keeps step 4 (not 8). A
+    resume that asks for another start gets it, with one line that says so."""
+    import yaml
+
+    from rfengine.trainer import Trainer
+    from tests.helpers import tiny_cfg
+    extra = ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input",
+             "objective.start=0.5", "train.ckpt_every=2"]
+    first = Trainer(tiny_cfg(tmp_path, *extra, "train.steps=8"))
+    assert first.objective.start == 4
+    first.run()
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["objective"]["start"] == 4
+    longer = Trainer(tiny_cfg(tmp_path, *extra, "train.steps=16"), resume="auto")
+    assert longer.step == 8 and longer.objective.start == 4
+    assert "objective.start" not in (tmp_path / "log.txt").read_text()
+    moved = Trainer(tiny_cfg(tmp_path, *[e for e in extra if "start" not in e], "objective.start=0.75",
+                             "train.steps=16"), resume="auto")
+    assert moved.objective.start == 12
+    lines = [line for line in (tmp_path / "log.txt").read_text().splitlines() if "objective.start" in line]
+    assert len(lines) == 1 and "started with 0.5 (step 4)" in lines[0] and "switch is step 12" in lines[0]
+
+
+def test_a_short_smoke_run_of_a_shipped_scheduled_config_is_not_refused():
+    """0.88 of 4 steps rounds to 4; a fraction resolves to at most train.steps - 1, so the switch happens."""
+    cfg = config.load("configs/tiny.yaml", ["train.steps=4"])
+    assert config.resolve_steps(cfg.objective.start, 4) == 3
+    assert config.resolve_steps(0.88, 400_000) == 352_000
+    assert config.resolve_steps(0.9999, 100) == 99
