@@ -2,16 +2,20 @@
 # One call on a lent GPU (H100/H200, nothing installed: run with PYTHONPATH=. on the image's torch 2.11,
 # triton 3.6, pytest, pytest-benchmark), in at most 9 minutes, every stage under its own time limit:
 #   0 env      (15 s)  versions; every torch API the engine names exists in this torch
-#   1 kernels (100 s)  tests/kernels natively on CUDA (fused vs reference, AOT compiles for real targets)
-#   2 bench   (140 s)  kernel benchmarks at the ImageNet-256 latent shape, fp32 and bf16: fused vs eager vs
+#   1 kernels  (90 s)  tests/kernels natively on CUDA (fused vs reference, AOT compiles for real targets)
+#   2 bench   (120 s)  kernel benchmarks at the ImageNet-256 latent shape, fp32 and bf16: fused vs eager vs
 #                      compiled, and the copy bandwidth
-#   3 ladder  (250 s)  the real trainer, SiT-B/2 at batch 256 on synthetic latents: bf16 FM eager, bf16 FM
+#   3 ladder  (200 s)  the real trainer, SiT-B/2 at batch 256 on synthetic latents: bf16 FM eager, bf16 FM
 #                      compiled, bf16 ReflexFlow compiled at adr.prob 1 and 0.5
-#   4 plan     (25 s)  the planner's predicted peak memory for the same runs
-#   5 summary  (10 s)  summary.md: the measurements against the goals
+#   4 main     (85 s)  the main job itself, configs/imagenet256_dit.yaml (SiT-B/2, bf16, compile) on synthetic
+#                      latents, 40 steps, so that its switch (0.88: step 35) happens inside the run, every step logged
+#   5 plan     (20 s)  the planner's predicted peak memory for the ladder's runs
+#   6 summary  (10 s)  summary.md: the stages (a stage that ran out of its budget says so), the measurements
+#                      against the goals
 # Files (at most 8, 1 folder deep) go to $OUT when set (the device tool brings back only those), else
-# bench/results/<card>_<time>/. DRY_RUN=1 runs the same stages on CPU at tiny shapes in about a minute
-# (tests/test_gpu_all.py does, so this script cannot rot).
+# bench/results/<card>_<time>/. DRY_RUN=1 runs the same stages on CPU at tiny shapes, with no time limits
+# (budgets belong to the GPU run: a slow CPU must not fail the dry run), so tests/test_gpu_all.py can run
+# it and this script cannot rot.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)" TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-8}
@@ -30,7 +34,9 @@ mkdir -p "$dir"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 exec > >(tee "$dir/log.txt") 2>&1
-stage() { echo "== stage $1 ($(date -u +%H:%M:%S), budget $2 s)"; }
+stage() { echo "== stage $1 ($(date -u +%H:%M:%S), budget $2 s)"; current="$1"; current_budget=$2; }
+budget() { if [ "$DRY" = 1 ]; then echo 0; else echo "$1"; fi; }  # timeout 0: no limit (the dry run)
+record() { printf '%s\t%s\t%s\n' "$current" "$1" "$current_budget" >> "$work/stages.tsv"; }  # stage exit budget
 
 stage "0 env" 15
 { python - <<'PY'
@@ -43,46 +49,56 @@ commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=
 dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 print(f"device {dev}; torch {torch.__version__} (CUDA {torch.version.cuda}); triton {tv}; python {platform.python_version()}; commit {commit}")
 PY
-  timeout 15 python bench/api_check.py; } > "$dir/env.txt" 2>&1
-echo "api check exit $?"; cat "$dir/env.txt" | head -n 12
+  timeout "$(budget 15)" python bench/api_check.py; } > "$dir/env.txt" 2>&1
+rc=$?; record $rc; echo "api check exit $rc"; cat "$dir/env.txt" | head -n 12
 
-stage "1 kernels" 100
+stage "1 kernels" 90
 if [ "$DRY" = 1 ]; then sel=(-k "intermediate or alpha_zero or deterministic"); else sel=(); fi
-timeout 100 python -m pytest -q -p no:cacheprovider tests/kernels "${sel[@]}" > "$dir/kernel_tests.txt" 2>&1
-echo "kernel tests exit $?"; tail -n 3 "$dir/kernel_tests.txt"
+timeout "$(budget 90)" python -m pytest -q -p no:cacheprovider tests/kernels "${sel[@]}" > "$dir/kernel_tests.txt" 2>&1
+rc=$?; record $rc; echo "kernel tests exit $rc"; tail -n 3 "$dir/kernel_tests.txt"
 
-stage "2 bench" 140
+stage "2 bench" 120
 if [ "$DRY" = 1 ]; then
     sel=(-k "cifar32 and fp32 and (fwdbwd or fwd) and (eager or fused) and (adr_euler or fc_weighted) or copy")
 else
     sel=(-k "latent256 or copy")
 fi
-timeout 140 python -m pytest -q -p no:cacheprovider bench/test_kernels.py "${sel[@]}" --benchmark-only \
+timeout "$(budget 120)" python -m pytest -q -p no:cacheprovider bench/test_kernels.py "${sel[@]}" --benchmark-only \
     --benchmark-json="$dir/bench.json" --benchmark-columns=min,mean,median,stddev,rounds > "$work/bench.txt" 2>&1
-echo "kernel bench exit $?"; tail -n 2 "$work/bench.txt"
+rc=$?; record $rc; echo "kernel bench exit $rc"; tail -n 2 "$work/bench.txt"
 
-stage "3 ladder" 250
+stage "3 ladder" 200
 ladder=(--variants bf16,bf16_compile,bf16_compile_rf,bf16_compile_rf_p0.5)
 if [ "$DRY" = 1 ]; then
     small=(--set data.image_size=16 --set data.channels=1)
-    timeout 250 python bench/train_check.py --arch DiT-T/4 --batch 8 --steps 7 --timeout 60 "${ladder[@]}" \
+    timeout "$(budget 200)" python bench/train_check.py --arch DiT-T/4 --batch 8 --steps 7 --timeout 0 "${ladder[@]}" \
         "${small[@]}" --set train.compile=false --out "$work/ladder" > "$work/ladder.txt" 2>&1
 else
     small=()
-    timeout 250 python bench/train_check.py --arch SiT-B/2 --batch 256 --steps 20 --timeout 62 "${ladder[@]}" \
+    timeout "$(budget 200)" python bench/train_check.py --arch SiT-B/2 --batch 256 --steps 20 --timeout 49 "${ladder[@]}" \
         --out "$work/ladder" > "$work/ladder.txt" 2>&1
 fi
-echo "ladder exit $?"; cp "$work/ladder/train_check.json" "$dir/" 2>/dev/null; tail -n 8 "$work/ladder.txt"
+rc=$?; record $rc; echo "ladder exit $rc"; cp "$work/ladder/train_check.json" "$dir/" 2>/dev/null; tail -n 8 "$work/ladder.txt"
 
-stage "4 plan" 25
+stage "4 main" 85
+main=(--set data.name=synthetic --set data.channels=4 --set data.image_size=32 --set train.steps=40
+      --set train.log_every=1 --set train.ckpt_every=20 --set train.sample_every=100000 --set sample.num_images=4
+      --set train.progress=false --set train.tensorboard=false --set "train.out_dir=$work/main")
+if [ "$DRY" = 1 ]; then main+=(--set model.arch=DiT-T/4 --set data.image_size=8 --set train.batch_size=8
+                               --set train.compile=false --set sample.steps=2); fi
+timeout "$(budget 85)" python -m rfengine.train --config configs/imagenet256_dit.yaml "${main[@]}" > "$work/main.txt" 2>&1
+rc=$?; record $rc; echo "main job exit $rc"
+python bench/gpu_summary.py main --dir "$work/main" --log "$work/main.txt" --rc $rc --out "$dir/main_job.json"
+
+stage "5 plan" 20
 if [ "$DRY" = 1 ]; then
     plan_args=(--set model.arch=DiT-T/4 --set data.name=synthetic --set train.batch_size=8 "${small[@]}")
 else
     plan_args=(--set model.arch=SiT-B/2 --set data.name=synthetic --set train.batch_size=256 --set data.image_size=32)
 fi
-timeout 25 python bench/gpu_summary.py plan --out "$dir/plan.json" -- "${plan_args[@]}"
-echo "plan exit $?"
+timeout "$(budget 20)" python bench/gpu_summary.py plan --out "$dir/plan.json" -- "${plan_args[@]}"
+rc=$?; record $rc; echo "plan exit $rc"
 
-stage "5 summary" 10
-timeout 10 python bench/gpu_summary.py summary --dir "$dir"
+stage "6 summary" 10
+timeout "$(budget 10)" python bench/gpu_summary.py summary --dir "$dir" --stages "$work/stages.tsv"
 echo "summary exit $?; results in $dir"

@@ -47,11 +47,47 @@ def _verdict(ok) -> str:
     return "not measured" if ok is None else ("met" if ok else "**not met**")
 
 
-def summary(d: Path) -> str:
+def main_job(run: Path, log: Path, rc: int) -> dict:
+    """What the main job's stage shows: whether configs/imagenet256_dit.yaml ran to its end, crossed its
+    switch (the steps before it FM, after it FC's terms), and its last log lines."""
+    rows = []
+    if (run / "metrics.jsonl").is_file():
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    fc = [r["step"] for r in rows if "loss_fc" in r]
+    tail = log.read_text().splitlines()[-15:] if log.is_file() else []
+    return {"exit": rc, "steps_logged": len(rows), "last_step": rows[-1]["step"] if rows else None,
+            "first_fc_step": fc[0] if fc else None, "fm_steps": len(rows) - len(fc), "fc_steps": len(fc),
+            "finite": all(isinstance(r.get("loss"), float) and r["loss"] == r["loss"] for r in rows),
+            "images_per_s_last": rows[-1].get("images_per_s") if rows else None,
+            "exported": (run / "ema.safetensors").is_file(), "log_tail": tail}
+
+
+def _stages(path: Path | None) -> list[str]:
+    """The stages' exit codes; one that ran out of its budget (exit 124) says so."""
+    if path is None or not path.is_file():
+        return []
+    rows = ["| stage | exit | budget (s) | note |", "|---|---|---|---|"]
+    for line in path.read_text().splitlines():
+        name, rc, budget = line.split("\t")
+        note = f"**timed out** after its {budget} s budget: its results are missing or partial" if rc == "124" else (
+            "ok" if rc == "0" else "**failed**")
+        rows.append(f"| {name} | {rc} | {budget} | {note} |")
+    return ["## Stages", "", *rows, ""]
+
+
+def summary(d: Path, stages: Path | None = None) -> str:
     from bench.report import main as bench_tables
     lines = [f"# GPU check: {d.name}", ""]
     env = (d / "env.txt").read_text().strip() if (d / "env.txt").is_file() else "env.txt missing"
     lines += ["```", env, "```", ""]
+    lines += _stages(stages)
+    if (d / "main_job.json").is_file():
+        m = json.loads((d / "main_job.json").read_text())
+        ok = m["exit"] == 0 and m["fc_steps"] > 0 and m["fm_steps"] > 0 and m["finite"] and m["exported"]
+        lines += ["## Main job (configs/imagenet256_dit.yaml on synthetic latents)", "",
+                  f"Exit {m['exit']}; {m['steps_logged']} steps logged, the last {m['last_step']}; FM for {m['fm_steps']} "
+                  f"steps, FC from step {m['first_fc_step']} ({m['fc_steps']} steps); losses finite: {m['finite']}; "
+                  f"EMA exported: {m['exported']}. Verdict: {'ran through its switch' if ok else '**did not**'}.", ""]
     if (d / "kernel_tests.txt").is_file():
         tail = [x for x in (d / "kernel_tests.txt").read_text().splitlines() if x.strip()][-1:]
         lines += [f"Kernel tests on this device: {tail[0] if tail else '?'}", ""]
@@ -119,14 +155,19 @@ def main(argv=None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["plan", "summary"])
+    p.add_argument("what", choices=["plan", "main", "summary"])
     p.add_argument("--out")
     p.add_argument("--dir")
+    p.add_argument("--stages", help="summary: the stages' exit codes (stage, exit, budget per line)")
+    p.add_argument("--log", help="main: the main job's log")
+    p.add_argument("--rc", type=int, default=0, help="main: the main job's exit status")
     a = p.parse_args(argv)
     if a.what == "plan":
         plan_ladder(Path(a.out), extra)
+    elif a.what == "main":
+        Path(a.out).write_text(json.dumps(main_job(Path(a.dir), Path(a.log), a.rc), indent=1))
     else:
-        text = summary(Path(a.dir))
+        text = summary(Path(a.dir), Path(a.stages) if a.stages else None)
         (Path(a.dir) / "summary.md").write_text(text)
         print(text)
     return 0

@@ -46,7 +46,7 @@ def run_variant(name: str, args, out: Path) -> dict:
         for a in ("--set", s)]]
     t0 = time.time()
     try:
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout or None)
     except subprocess.TimeoutExpired:
         return {"variant": name, "status": f"timeout after {args.timeout} s"}
     wall = time.time() - t0
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--fp32-steps", type=int, default=15)
-    p.add_argument("--timeout", type=int, default=110, help="seconds per setting")
+    p.add_argument("--timeout", type=int, default=110, help="seconds per setting (0: no limit)")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--set", action="append", default=[], help="extra config override for every setting")
     p.add_argument("--out", required=True)

@@ -13,10 +13,11 @@ def test_stage_budgets_fit_nine_minutes():
     text = (ROOT / "bench" / "gpu_all.sh").read_text()
     stages = re.split(r'\nstage "', text)[1:]
     budgets = [int(re.match(r'\d [a-z]+" (\d+)', s).group(1)) for s in stages]
-    assert len(budgets) == 6 and sum(budgets) <= 540, budgets
+    assert len(budgets) == 7 and sum(budgets) <= 540, budgets
     for budget, body in zip(budgets, stages):  # every command of a stage runs under the stage's limit
-        limits = [int(n) for n in re.findall(r"\btimeout (\d+) python", body)]
+        limits = [int(n) for n in re.findall(r'\btimeout "\$\(budget (\d+)\)" python', body)]
         assert limits and max(limits) <= budget, (budget, limits)
+        assert not re.findall(r"\btimeout \d+ python", body), "a fixed limit would also bind the dry run"
 
 
 def test_dry_run_writes_every_result_file(tmp_path):
@@ -25,18 +26,31 @@ def test_dry_run_writes_every_result_file(tmp_path):
     r = subprocess.run(["bash", "bench/gpu_all.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["bench.json", "env.txt", "kernel_tests.txt", "log.txt", "plan.json", "summary.md",
-                     "train_check.json"], files  # at most 8 files come back from the GPU machine
+    assert files == ["bench.json", "env.txt", "kernel_tests.txt", "log.txt", "main_job.json", "plan.json",
+                     "summary.md", "train_check.json"], files  # at most 8 files come back from the GPU machine
     assert "0 missing" in (out / "env.txt").read_text()
     assert " passed" in (out / "kernel_tests.txt").read_text()
     ladder = json.loads((out / "train_check.json").read_text())["results"]
     assert [x["variant"] for x in ladder] == ["bf16", "bf16_compile", "bf16_compile_rf", "bf16_compile_rf_p0.5"]
     assert all(x["status"] == "ok" for x in ladder), ladder
     assert set(json.loads((out / "plan.json").read_text())) == {x["variant"] for x in ladder}
+    main = json.loads((out / "main_job.json").read_text())  # the main job ran through its switch
+    assert main["exit"] == 0 and main["last_step"] == 40 and main["first_fc_step"] == 36 and main["fm_steps"] == 35
+    assert main["finite"] and main["exported"]
     summary = (out / "summary.md").read_text()
-    for part in ("## Kernels", "## Trainer ladder", "## Planner vs measured peak memory", "## Goals",
-                 "Measured copy bandwidth"):
+    for part in ("## Stages", "## Main job", "ran through its switch", "## Kernels", "## Trainer ladder",
+                 "## Planner vs measured peak memory", "## Goals", "Measured copy bandwidth"):
         assert part in summary
+    stage_rows = summary.split("## Stages")[1].split("\n## ")[0]
+    assert "timed out" not in stage_rows and stage_rows.count("| ok |") == 6, stage_rows
+
+
+def test_a_stage_that_runs_out_of_its_budget_says_so(tmp_path):
+    from bench.gpu_summary import summary
+    stages = tmp_path / "stages.tsv"
+    stages.write_text("0 env\t0\t15\n5 plan\t124\t20\n")
+    text = summary(tmp_path, stages)
+    assert "| 5 plan | 124 | 20 | **timed out** after its 20 s budget" in text and "| 0 env | 0 | 15 | ok |" in text
 
 
 def test_api_check_finds_a_missing_torch_name(tmp_path):
