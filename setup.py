@@ -23,7 +23,9 @@ setup(
         "tensorboard",  # training curves (metrics.jsonl holds the same numbers)
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "diffusers"],
+        "dev": ["pytest", "pytest-benchmark", "diffusers", "torchdiffeq"],
+        # Adaptive ODE sampling (python -m rfengine.sample --method dopri5), as SiT's default ODE sampler.
+        "sample": ["torchdiffeq"],
         # Latent extraction (python -m rfengine.extract_latents) with a diffusers AutoencoderKL.
         "latents": ["diffusers"],
         # CUDA only; install after torch so it does not replace the torch build.

@@ -61,9 +61,9 @@ def fd_command(a) -> dict:
 
 def bias_command(a) -> dict:
     from rfengine.eval.diagnostics import exposure_bias
-    from rfengine.sample import _resolve_checkpoint, load_model
-    path = _resolve_checkpoint(a.run, a.ckpt)
-    model, cfg, shape = load_model(path, a.weights)
+    from rfengine import weights
+    path = weights.resolve(a.run, a.ckpt)
+    model, cfg, shape, _ = weights.load_model(path, a.weights)
     x1 = load_images(a.ref)
     g = torch.Generator().manual_seed(a.seed)
     idx = torch.randperm(len(x1), generator=g)[: a.count]

@@ -21,19 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rfengine.data.vae import load_vae
+
 log = logging.getLogger("rfengine")
-
-
-def load_vae(name: str, subfolder: str | None, device: torch.device):
-    try:
-        from diffusers.models import AutoencoderKL
-    except ImportError as e:
-        raise ValueError("latent extraction needs diffusers: pip install -e \".[latents]\"") from e
-    try:
-        vae = AutoencoderKL.from_pretrained(name, subfolder=subfolder)
-    except Exception as e:  # a wrong path, no network for a hub name, not a VAE folder
-        raise ValueError(f"--vae {name!r}: cannot load an AutoencoderKL ({type(e).__name__}: {e})") from e
-    return vae.to(device).eval().requires_grad_(False)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

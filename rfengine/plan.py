@@ -108,11 +108,11 @@ def step_memory(cfg, batch: int, ac: str | None = None, fake: bool = True) -> St
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from rfengine import parallel
-    from rfengine.data import build_dataset
+    from rfengine.data import expected_shape
     from rfengine.models import build_model
     from rfengine.objectives import build_objective
     from rfengine.optim import build_optimizer
-    shape, classes = _data_shape(cfg, build_dataset)
+    shape, classes = expected_shape(cfg)
     mode = FakeTensorMode() if fake else contextlib.nullcontext()
     attn = "sdpa" if cfg.model.attention == "xformers" else cfg.model.attention  # xformers: CUDA only, same memory
     with mode:
@@ -146,21 +146,6 @@ def step_memory(cfg, batch: int, ac: str | None = None, fake: bool = True) -> St
         block = max((sum(p.numel() for p in b.parameters()) for b in model.blocks), default=0)
         flops = model.forward_flops()
     return StepMemory(tracker.peak, units, params, opt_bytes, block, flops)
-
-
-def _data_shape(cfg, build_dataset) -> tuple[tuple[int, int, int], int]:
-    """(C, H, W) and class count without reading the data where the config says them."""
-    if cfg.data.name == "latents":
-        side = cfg.data.image_size // 8
-        shape, classes = (4, side, side), 1000
-    elif cfg.data.name == "synthetic":
-        shape, classes = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size), cfg.data.num_classes
-    elif cfg.data.name == "digits":
-        ds = build_dataset(cfg.data)
-        shape, classes = ds.shape, ds.num_classes
-    else:  # an image folder: RGB at image_size; the class count only sizes the label table
-        shape, classes = (3, cfg.data.image_size, cfg.data.image_size), 1000
-    return shape, (classes if cfg.model.class_conditional else 0)
 
 
 def plan(cfg, gpus: int, card: str = "H100", mfu: float = 0.4, reserve_gib: float = 2.0) -> dict:

@@ -7,22 +7,31 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rfengine.flow import integrate, with_cfg
+from rfengine.flow import DIFFUSIONS, LAST_STEPS, METHODS, integrate, with_cfg
 
 
 @torch.no_grad()
 def generate(model, *, shape: tuple[int, int, int], n: int, labels: torch.Tensor | None, method: str = "euler",
              steps: int = 50, cfg_scale: float = 1.0, shift: float = 1.0, seed: int = 0,
              device: torch.device | str = "cpu", null_class: int | None = None,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
-    """n samples (n, C, H, W) at t = 1 from fixed noise (seeded, or `noise` itself), for labels (n,) or None."""
+             noise: torch.Tensor | None = None, cfg_channels: int | None = None,
+             cfg_interval: tuple[float, float] | None = None, generator: torch.Generator | None = None,
+             stats: dict | None = None, **sampler) -> torch.Tensor:
+    """n samples (n, C, H, W) at t = 1 from fixed noise (seeded, or `noise` itself), for labels (n,) or None.
+    Guidance: `cfg_scale` on the first `cfg_channels` channels (None: all) for t in `cfg_interval` (None:
+    every step). `sampler` holds the SDE/dopri5 options of `rfengine.flow.integrate` (diffusion,
+    diffusion_norm, last_step, last_step_size, sample_eps, atol, rtol); the SDE draws its noise from
+    `generator` (default: one on the samples' device seeded with seed + 1)."""
     if noise is None:
         noise = torch.randn((n, *shape), generator=torch.Generator(device="cpu").manual_seed(seed))
     x = noise.to(device)
     fn = model
     if labels is not None and cfg_scale != 1.0:
-        fn = with_cfg(model, cfg_scale, null_class)
-    return integrate(fn, x, labels, steps=steps, method=method, shift=shift)
+        fn = with_cfg(model, cfg_scale, null_class, channels=cfg_channels, interval=cfg_interval)
+    if method == "sde" and generator is None:
+        generator = torch.Generator(device=x.device).manual_seed(seed + 1)
+    return integrate(fn, x, labels, steps=steps, method=method, shift=shift, generator=generator, stats=stats,
+                     **sampler)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -58,57 +67,20 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 8, upscale: int | N
 # Loading a trained model, and the command line: python -m rfengine.sample
 # ---------------------------------------------------------------------------------------------
 
-def load_model(ckpt_path: str | Path, weights: str = "ema"):
-    """(model in eval mode, config, data shape (C, H, W)) from a training checkpoint (a `.pt` file or
-    a sharded checkpoint folder, read on one process) or an exported `.safetensors` file; `weights`
-    is 'ema' or 'raw'. The shape and class count come from the checkpoint (older checkpoints: from
-    the position embedding, assuming square inputs)."""
-    return load_model_with_meta(ckpt_path, weights)[:3]
-
-
-def load_model_with_meta(ckpt_path: str | Path, weights: str = "ema"):
-    """`load_model` plus what the file says besides the weights (step, code_version, ...), read once."""
-    from rfengine import checkpoint, config as config_lib
-    from rfengine.models import build_model
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights: expected 'ema' or 'raw', got {weights!r}")
-    path = Path(ckpt_path)
-    key = "ema" if weights == "ema" else "model"
-    if path.suffix == ".safetensors":
-        state, meta = checkpoint.load_safetensors(path)
-        if meta.get("weights", "ema") != weights:
-            raise ValueError(f"{path} holds the {meta.get('weights')} weights, not {weights!r}")
-    else:
-        meta = checkpoint.load(path)
-        state = None if "sharded" in meta else checkpoint.strip_prefixes(meta[key])
-    cfg = config_lib.from_dict(meta["config"])
-    if "data_shape" in meta:
-        shape, num_classes = tuple(meta["data_shape"]), int(meta["num_classes"])
-    else:
-        hidden, c, p, _ = state["x_embedder.proj.weight"].shape
-        side = int(round(state["pos_embed"].shape[1] ** 0.5)) * p
-        shape = (c, side, side)
-        rows = state["y_embedder.embedding_table.weight"].shape[0] if "y_embedder.embedding_table.weight" in state else 0
-        num_classes = max(rows - int(cfg.model.class_dropout > 0), 0)
-    model = build_model(cfg.model.arch, in_channels=shape[0], input_size=shape[1:], num_classes=num_classes,
-                        learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout,
-                        attention=cfg.model.attention)
-    if state is None:  # sharded: read the whole tensors into this one-process model
-        state = checkpoint.load_sharded(meta["sharded"], {key: model.state_dict()})[key]
-    checkpoint.load_model_state(model, state, f"checkpoint {ckpt_path} ({weights})")
-    return model.eval(), cfg, shape, meta
-
-
-def _resolve_checkpoint(run: str | None, ckpt: str | None) -> Path:
-    from rfengine import checkpoint
-    if bool(run) == bool(ckpt):
-        raise ValueError("pass exactly one of --run-dir DIR or --ckpt PATH")
-    if ckpt:
-        return Path(ckpt)
-    found = checkpoint.list_checkpoints(Path(run) / "checkpoints")
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {Path(run) / 'checkpoints'}")
-    return found[-1][1]
+def sample_stem(a) -> str:
+    """The output name: every setting that changes the samples."""
+    stem = f"samples_{a.weights}_{a.method}{a.steps}_cfg{a.cfg:g}"
+    if a.cfg != 1.0 and a.cfg_channels is not None:
+        stem += f"_ch{a.cfg_channels}"
+    if a.cfg != 1.0 and a.cfg_interval is not None:
+        stem += f"_int{a.cfg_interval[0]:g}-{a.cfg_interval[1]:g}"
+    if a.method == "sde":
+        stem += f"_{a.diffusion}{a.diffusion_norm:g}_last{a.last_step}{a.last_step_size:g}"
+    if a.method == "dopri5":
+        stem += f"_atol{a.atol:g}_rtol{a.rtol:g}"
+    if a.shift != 1.0:
+        stem += f"_shift{a.shift:g}"
+    return stem + f"_n{a.count}_seed{a.seed}"
 
 
 def sample_main(argv=None) -> int:
@@ -120,11 +92,29 @@ def sample_main(argv=None) -> int:
     # parser rejects an ambiguous prefix anywhere on the command line, even after the script.
     p = argparse.ArgumentParser(description="Sample a trained rfengine model: PNG grid + .npz (uint8 NHWC arr_0).")
     p.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint)")
-    p.add_argument("--ckpt", help="a checkpoint (.pt file or sharded folder) or exported .safetensors")
+    p.add_argument("--ckpt", help="a checkpoint (.pt file or sharded folder), an exported .safetensors, or released "
+                                  "SiT/DiT weights (then --config says which model they fit)")
+    p.add_argument("--config", help="the model released weights fit (model.arch, model.learn_sigma, data)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a --config key (repeatable)")
+    p.add_argument("--vae", help="a latent model's VAE (diffusers AutoencoderKL: hub name or folder): the latents "
+                                 "are decoded with it (divided by data.scale_factor) into images")
     p.add_argument("--weights", default="ema", choices=["ema", "raw"])
-    p.add_argument("--method", default="euler", choices=["euler", "heun"])
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--method", default="euler", choices=list(METHODS),
+                   help="euler/heun: fixed grid; sde: SiT's Euler-Maruyama sampler; dopri5: adaptive ODE (torchdiffeq)")
+    p.add_argument("--steps", type=int, default=50, help="model evaluations (sde: as SiT's --num-sampling-steps)")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--cfg-channels", type=int, default=None,
+                   help="guide only the first N channels, the others conditional (3: DiT/SiT's published numbers)")
+    p.add_argument("--cfg-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"), default=None,
+                   help="guide only for t in [T_LO, T_HI] (t = 0 noise, 1 data); one model call outside it")
+    p.add_argument("--diffusion", default="sigma", choices=list(DIFFUSIONS), help="sde: the diffusion form w(t)")
+    p.add_argument("--diffusion-norm", type=float, default=1.0, help="sde: w(t)'s scale")
+    p.add_argument("--last-step", default="mean", choices=list(LAST_STEPS), help="sde: the last step's kind")
+    p.add_argument("--last-step-size", type=float, default=0.04, help="sde: the last step's size")
+    p.add_argument("--sample-eps", type=float, default=0.0, help="sde: the start time for SBDM (w is infinite at 0)")
+    p.add_argument("--atol", type=float, default=1e-6, help="dopri5: absolute tolerance (SiT's default)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="dopri5: relative tolerance (SiT's default)")
     p.add_argument("--shift", type=float, default=1.0)
     p.add_argument("--count", type=int, default=1000, help="images to generate")
     p.add_argument("--batch", type=int, default=250)
@@ -134,10 +124,23 @@ def sample_main(argv=None) -> int:
 
     def body():
         dist = parallel.init_distributed("auto")
-        path = _resolve_checkpoint(a.run, a.ckpt)
-        model, cfg, shape = load_model(path, a.weights)
+        from rfengine import config as config_lib, weights
+        path = weights.resolve(a.run, a.ckpt)
+        given = config_lib.load(a.config, a.overrides) if (a.config or a.overrides) else None
+        model, cfg, shape, _ = weights.load_model(path, a.weights, given)
         model.to(dist.device)
+        vae = None
+        if a.vae:
+            from rfengine.data.vae import load_vae
+            vae = load_vae(a.vae, None, dist.device)
+        elif cfg.data.name == "latents":
+            raise ValueError(f"this model generates VAE latents ({shape[0]} channels); pass --vae NAME_OR_FOLDER, the "
+                             f"VAE its latents were made with (its config says data.vae: {cfg.data.vae or '?'!s}), "
+                             "to decode them into images")
         mine = list(range(dist.rank, a.count, dist.world))  # sample i's noise depends on (seed, i) only
+        sampler = {k: getattr(a, k) for k in ("diffusion", "diffusion_norm", "last_step", "last_step_size",
+                                              "sample_eps", "atol", "rtol")}
+        stats, nfe = {}, []
         imgs, labels = [], []
         chunks = [mine[i:i + a.batch] for i in range(0, len(mine), a.batch)]
         for idx in tqdm(chunks, desc="sample", disable=not dist.is_main):
@@ -146,9 +149,16 @@ def sample_main(argv=None) -> int:
                 lab = torch.tensor(idx, device=dist.device) % model.num_classes
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(a.seed * 10**9 + i))
                                  for i in idx])
+            # the SDE's noise: one stream per chunk, from (seed, the chunk's first sample)
+            gen = torch.Generator(device=dist.device).manual_seed(a.seed * 10**9 + 5 * 10**8 + idx[0])
             x = generate(model, shape=shape, n=len(idx), labels=lab, method=a.method, steps=a.steps,
                          cfg_scale=a.cfg, shift=a.shift, device=dist.device, null_class=model.null_class,
-                         noise=noise)
+                         noise=noise, cfg_channels=a.cfg_channels, cfg_interval=a.cfg_interval, generator=gen,
+                         stats=stats, **sampler)
+            nfe.append(stats.get("nfe"))
+            if vae is not None:
+                from rfengine.data.vae import decode
+                x = decode(vae, x, cfg.data.scale_factor)
             imgs.append(to_uint8(x))
             labels.append(np.asarray(idx) % model.num_classes if model.num_classes else np.zeros(len(idx), int))
         parts = parallel.all_gather_object((np.concatenate(imgs), np.concatenate(labels), mine))
@@ -158,12 +168,17 @@ def sample_main(argv=None) -> int:
             lab = np.concatenate([y for _, y, _ in parts])[order]
             out = Path(a.out) if a.out else (Path(a.run) if a.run else path.parent.parent) / "eval"
             out.mkdir(parents=True, exist_ok=True)
-            stem = f"samples_{a.weights}_{a.method}{a.steps}_cfg{a.cfg:g}_n{a.count}_seed{a.seed}"
+            stem = sample_stem(a)
             np.savez(out / f"{stem}.npz", arr_0=arr, labels=lab)
             grid = torch.from_numpy(arr[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1
             save_grid(grid, out / f"{stem}.png", nrow=10)
             meta = {"checkpoint": str(path), "weights": a.weights, "method": a.method, "steps": a.steps,
-                    "cfg": a.cfg, "shift": a.shift, "num": a.count, "seed": a.seed, "world": dist.world}
+                    "cfg": a.cfg, "cfg_channels": a.cfg_channels, "cfg_interval": a.cfg_interval, "shift": a.shift,
+                    "num": a.count, "seed": a.seed, "world": dist.world, "batch": a.batch, "vae": a.vae,
+                    "nfe_per_batch": nfe if a.method == "dopri5" else None,
+                    **({k: sampler[k] for k in ("diffusion", "diffusion_norm", "last_step", "last_step_size",
+                                                "sample_eps")} if a.method == "sde" else {}),
+                    **({k: sampler[k] for k in ("atol", "rtol")} if a.method == "dopri5" else {})}
             (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
             print(f"wrote {out / (stem + '.npz')} ({arr.shape}, uint8 NHWC) and a grid")
     return cli.run(body)

@@ -285,7 +285,7 @@ class Trainer:
 
     def export_ema(self) -> Path | None:
         """The full EMA weights as one safetensors file (`<out>/ema.safetensors`) that loads into a
-        single-process model (`rfengine.sample.load_model`); gathered from the shards under FSDP."""
+        single-process model (`rfengine.weights.load_model`); gathered from the shards under FSDP."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(self.ema, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         path = error = None

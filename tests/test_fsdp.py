@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from rfengine import checkpoint
-from rfengine.sample import load_model
+from rfengine.weights import load_model as _load
+
+
+def load_model(path, weights="ema"):
+    return _load(path, weights)[:3]
 from rfengine.trainer import Trainer
 from tests.helpers import TINY, losses, read_metrics, set_args, tiny_cfg, torchrun
 

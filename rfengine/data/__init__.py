@@ -27,6 +27,23 @@ def build_dataset(cfg):
     return HFlip(ds) if cfg.flip else ds
 
 
+def expected_shape(cfg) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) and class count of the model a `Config` describes, without reading the data where the
+    config says them (latents: 4 x image_size/8; synthetic: as configured; an image folder: RGB at
+    image_size, 1000 label rows); 0 classes for an unconditional model."""
+    if cfg.data.name == "latents":
+        side = cfg.data.image_size // 8
+        shape, classes = (4, side, side), cfg.data.num_classes
+    elif cfg.data.name == "synthetic":
+        shape, classes = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size), cfg.data.num_classes
+    elif cfg.data.name == "digits":
+        ds = build_dataset(cfg.data)
+        shape, classes = ds.shape, ds.num_classes
+    else:
+        shape, classes = (3, cfg.data.image_size, cfg.data.image_size), cfg.data.num_classes
+    return shape, (classes if cfg.model.class_conditional else 0)
+
+
 def batches(dataset, global_batch: int, *, rank: int, world: int, seed: int, flip: bool,
             start_batch: int = 0, num_workers: int = 0, device: torch.device | str = "cpu"):
     """Endless iterator of (x (B, C, H, W), y (B,)) batches on `device`, starting at `start_batch`."""

@@ -343,8 +343,8 @@ def score_file(path: Path, scorer_args: dict, out: Path) -> dict:
 
 
 def load(path: Path):
-    from rfengine.sample import load_model
-    model, _, _ = load_model(path, "ema")
+    from rfengine.weights import load_model
+    model, _, _, _ = load_model(path, "ema")
     return model
 
 

@@ -1,6 +1,6 @@
 """The measurement commands end to end on a tiny trained run: sampling (1 and 2 processes give the
 same images), FD against the embedded digits with the cached classifier, exposure-bias diagnostics,
-and the study pipeline in its quick form."""
+and the sampler options."""
 import json
 
 import numpy as np
@@ -34,6 +34,26 @@ def test_sample_writes_npz_grid_and_metadata(run_dir, tmp_path):
     assert (tmp_path / f"{stem}.png").is_file()
     meta = json.loads((tmp_path / f"{stem}.json").read_text())
     assert meta["steps"] == 2 and meta["weights"] == "ema" and meta["num"] == 7
+
+
+@pytest.mark.parametrize("method, extra, stem", [
+    ("sde", ["--cfg", "1.5", "--cfg-channels", "3", "--cfg-interval", "0", "0.7"],
+     "samples_ema_sde3_cfg1.5_ch3_int0-0.7_sigma1_lastmean0.04_n4_seed0"),
+    ("dopri5", ["--rtol", "1e-2"], "samples_ema_dopri53_cfg1_atol1e-06_rtol0.01_n4_seed0"),
+])
+def test_sample_cli_takes_the_sde_dopri5_and_guidance_options(run_dir, tmp_path, method, extra, stem):
+    args = ["--run-dir", str(run_dir), "--count", "4", "--batch", "2", "--steps", "3", "--method", method, *extra]
+    assert sample.sample_main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert sample.sample_main([*args, "--out", str(tmp_path / "b")]) == 0
+    with np.load(tmp_path / "a" / f"{stem}.npz") as a, np.load(tmp_path / "b" / f"{stem}.npz") as b:
+        assert a["arr_0"].shape == (4, 16, 16, 1) and np.array_equal(a["arr_0"], b["arr_0"])  # seeded
+    meta = json.loads((tmp_path / "a" / f"{stem}.json").read_text())
+    assert meta["method"] == method
+    if method == "sde":
+        assert meta["cfg_channels"] == 3 and meta["cfg_interval"] == [0.0, 0.7] and meta["diffusion"] == "sigma"
+        assert meta["last_step"] == "mean" and meta["last_step_size"] == 0.04
+    else:
+        assert meta["rtol"] == 0.01 and len(meta["nfe_per_batch"]) == 2 and min(meta["nfe_per_batch"]) >= 6
 
 
 def test_sampling_under_torchrun_gives_the_same_images(run_dir, tmp_path):
@@ -75,19 +95,25 @@ def test_evaluate_names_bad_inputs(tmp_path, capsys):
     assert evaluate.main(["fd", "--samples", str(tmp_path / "bad.npz"), "--features", "inception"]) == 1
 
 
-def test_study_v1_quick_pipeline(tmp_path):
-    from rfengine.study import v1 as study
-    assert study.main(["--quick", "--methods", "fm", "reflexflow", "--out", str(tmp_path / "res"),
-                       "--docs", str(tmp_path / "docs" / "results.md")]) == 0
-    summary = json.loads((tmp_path / "res" / "summary.json").read_text())
-    methods = {r["method"] for r in summary["rows"]}
-    assert methods == {"fm", "reflexflow", "fm_equal_wallclock"}
-    for key in ("fd", "precision", "recall", "sec_per_step", "bias_paired_mean", "sample_steps", "seed"):
-        assert key in summary["rows"][0]
-    text = (tmp_path / "docs" / "results.md").read_text()
-    assert "| ReflexFlow |" in text and "fd_vs_steps.png" in text
-    for png in ("fd_vs_steps.png", "exposure_bias.png", "bias_spectrum.png", "grids/reflexflow_s0.png"):
-        assert (tmp_path / "res" / png).is_file(), png
-    # a second call reuses every finished run's scores
-    assert study.main(["--quick", "--methods", "fm", "reflexflow", "--out", str(tmp_path / "res"),
-                       "--docs", str(tmp_path / "docs" / "results.md")]) == 0
+def test_a_latent_model_is_decoded_with_its_vae_and_refused_without_one(tmp_path, capsys):
+    """Released latent-model weights (SiT's format) with the ImageNet config: the latents are decoded with
+    --vae (a small random diffusers AutoencoderKL here) into uint8 images; without --vae, one line."""
+    diffusers = pytest.importorskip("diffusers")
+    import torch
+    from rfengine.models import build_model
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=16)
+    vae.save_pretrained(tmp_path / "vae")
+    m = build_model("DiT-T/4", in_channels=4, input_size=8, num_classes=1000, learn_sigma=True)
+    torch.save(m.state_dict(), tmp_path / "sit.pt")
+    args = ["--ckpt", str(tmp_path / "sit.pt"), "--config", str(ROOT / "configs" / "imagenet256_fm.yaml"),
+            "--set", "model.arch=DiT-T/4", "--set", "model.learn_sigma=true", "--set", "data.image_size=64",
+            "--count", "3", "--steps", "2", "--cfg", "1.5", "--cfg-channels", "3"]
+    assert sample.sample_main([*args, "--out", str(tmp_path / "no")]) == 1
+    assert "pass --vae" in capsys.readouterr().err
+    assert sample.sample_main([*args, "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "s")]) == 0
+    with np.load(tmp_path / "s" / "samples_ema_euler2_cfg1.5_ch3_n3_seed0.npz") as f:
+        assert f["arr_0"].shape == (3, 16, 16, 3) and f["arr_0"].dtype == np.uint8
