@@ -163,3 +163,31 @@ def test_controls_run_last_at_fm_cost_and_are_compared_with_the_choice(tmp_path)
     assert c["seeds"] == [5, 6] and c["control_vs_fm"][0]["per_seed"] == pytest.approx([math.log(0.8)] * 2)
     assert c["chosen_vs_control"][0]["per_seed"] == pytest.approx([math.log(0.75)] * 2)
     assert c["verdict"].startswith("beats fm_loss2")
+
+
+def test_sampler_table_refits_missing_models_and_pairs_them_per_sampler(tmp_path):
+    """rfengine.study.samplers on a tiny study folder: the run folders are gone, so each (variant, seed)
+    model is fine-tuned again from the seed's pretrained model with the study's settings, then scored
+    under every sampler; the table pairs the variant with the baseline per sampler."""
+    from rfengine.study import samplers
+    from rfengine.trainer import Trainer
+    from tests.helpers import tiny_cfg
+    study = tmp_path / "study"
+    for s in (0, 1):
+        pre = study / "pretrain" / f"s{s}"
+        Trainer(tiny_cfg(pre / "run", *[o for o in runs.BASE if "steps" not in o], "train.steps=2",
+                         f"train.seed={s}")).run()
+        pre.joinpath("pretrained.safetensors").write_bytes((pre / "run" / "ema.safetensors").read_bytes())
+    runs.write_json(study / "protocol.json", {"points": 2, "lr": 1e-3})
+    runs.write_json(study / "calibration.json", {"finetune_steps": {"fm": 4, "fc_input": 2}})
+    args = samplers.argparse.Namespace(study=str(study), out=str(tmp_path / "out"), seeds=[0, 1],
+                                       variants=["fm", "fc_input"], samplers=["euler20", "sde50", "dopri5"],
+                                       samples=16)
+    s = samplers.run(args)
+    assert [r["sampler"] for r in s["rows"]] == ["euler20", "sde50", "dopri5"]
+    assert all(len(r["per_seed"]) == 2 and math.isfinite(r["mean_log_ratio"]) for r in s["rows"])
+    assert s["rows"][1]["nfe_mean"] == 50 and s["rows"][2]["nfe_mean"] >= 6
+    assert (tmp_path / "out" / "models" / "fc_input_s1" / "ema.safetensors").is_file()
+    again = samplers.run(args)  # resumable: the scores are read back, not recomputed
+    assert again["rows"] == s["rows"]
+    assert "| sde50 | 50 |" in (tmp_path / "out" / "samplers.md").read_text()
