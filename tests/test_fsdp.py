@@ -114,4 +114,4 @@ def test_export_cli_writes_raw_weights_from_a_sharded_checkpoint(tmp_path, shard
     with pytest.raises(ValueError, match="holds the raw weights"):
         load_model(out, "ema")
     assert export.main(["--run-dir", str(tmp_path / "nothing")]) == 1
-    assert "no checkpoint in" in capsys.readouterr().err
+    assert "no checkpoint that loads in" in capsys.readouterr().err
