@@ -1,4 +1,4 @@
-"""What a checkpoint costs the training loop: the time `Trainer.save_checkpoint` keeps the loop
+"""What a checkpoint costs the training loop: the time `CheckpointManager.save` keeps the loop
 waiting, written in the foreground (`train.async_ckpt=false`) and in the background (true), against
 the serialisation alone (the same state `torch.save`d into memory). Single-file checkpoints on one
 process, sharded ones (torch.distributed.checkpoint) under FSDP on N processes.
@@ -41,21 +41,21 @@ def measure(args, async_ckpt: bool, folder: Path) -> dict:
     tr.optimizer.step()
     loop, on_disk = [], []
     for i in range(args.repeats):
-        tr.step = i + 1
+        tr.state.step = i + 1
         parallel.barrier()
         t0 = time.perf_counter()
-        tr.save_checkpoint(wait=False)
+        tr.checkpoints.save(wait=False)
         loop.append(time.perf_counter() - t0)
-        tr.writer.wait()
+        tr.checkpoints.writer.wait()
         parallel.barrier()
         on_disk.append(time.perf_counter() - t0)
     # The serialisation alone: this process's part of the same state into memory.
-    if tr.sharded:  # shards as plain tensors of their own (torch.save writes a view's whole storage)
+    if tr.built.sharded:  # shards as plain tensors of their own (torch.save writes a view's whole storage)
         def local(obj):
             if isinstance(obj, torch.Tensor):
                 return parallel.local(obj).clone()
             return {k: local(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
-        state = local(tr._sharded_state())
+        state = local(tr.checkpoints._sharded_state())
     else:
         state = {"model": tr.model.state_dict(), "ema": tr.ema.state_dict(), "optimizer": tr.optimizer.state_dict()}
     ser, size = [], 0

@@ -27,7 +27,7 @@ log = logging.getLogger("rfengine")
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from rfengine.checkpoint import write_atomic
+    from rfengine.storage import write_atomic
 
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the temporary name
@@ -115,7 +115,7 @@ def extract(images: str, vae_name: str, out: str, *, resolution: int = 256, batc
                 "mode": mode, "seed": seed, "dtype": dtype, "images": str(images), "count": len(ds),
                 "shards": [{"latents": f"latents_{i:05d}.npy", "labels": f"labels_{i:05d}.npy"}
                            for i in range(n_shards)]}
-        from rfengine.checkpoint import write_json
+        from rfengine.storage import write_json
         write_json(out_dir / "meta.json", meta)
         log.info("extract: %d images -> %d shards in %s (latents %s, scale %.5f)", len(ds), n_shards, out_dir,
                  "x".join(map(str, latent_shape)), meta["scale_factor"])

@@ -58,9 +58,9 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 8, upscale: int | N
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from rfengine import checkpoint
+    from rfengine import storage
     # complete or absent (a full disk leaves no half-written PNG); a failure is a storage.WriteError
-    return checkpoint.write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+    return storage.write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 # ---------------------------------------------------------------------------------------------

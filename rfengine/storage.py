@@ -1,5 +1,7 @@
-"""Where runs meet the filesystem: one clear error for a failed write (which file, why), and the
-pre-flight check that a run folder can hold what the run will write before any work starts.
+"""Where runs meet the filesystem: files written atomically (complete or not at all), one clear error
+for a failed write (which file, why), and the pre-flight check that a run folder can hold what the run
+will write before any work starts. Everything that writes a file (checkpoints, samples, latents, the
+studies' results) uses `write_atomic`; nothing here knows what a checkpoint is.
 
 A failed write becomes a `WriteError` naming the file and the cause as the operating system words
 it (`No space left on device`, `Read-only file system`, `Permission denied`, or the folder that
@@ -8,7 +10,9 @@ filesystem itself: no free space, a folder that no longer exists, or one that is
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -93,3 +97,49 @@ def bytes_in(paths) -> int:
         elif p.is_dir():
             total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------------
+
+def fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: str | Path, write, before_rename=None) -> Path:
+    """Make `path` appear complete or not at all: `write(tmp_path)` writes a hidden temporary file,
+    which is fsynced, then renamed over `path`, and the folder is fsynced. `before_rename(tmp_path)`,
+    if given, runs between the fsync and the rename (the crash tests use it). The folder must exist:
+    one that vanished is an error, not silently made again (a lost mount would hide the loss). A
+    failure is a `storage.WriteError` naming `path` and the cause; the temporary file is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        if before_rename is not None:
+            before_rename(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except Exception as e:
+        raise write_error(path, e) from e
+    finally:
+        with contextlib.suppress(OSError):  # a read-only or vanished folder: nothing to remove
+            if tmp.exists():
+                tmp.unlink()
+    return path
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """`obj` as indented JSON, written atomically (`write_atomic`)."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))

@@ -106,7 +106,7 @@ class Throughput:
 
 class ModelRows:
     """Counts the images that pass through the model, split into calls with a graph (they also run a
-    backward: 3x the forward FLOPs) and calls without (rollout, inference: 1x). Counting the calls the
+    backward: 3x the forward FLOPs) and calls without (the rollout, FC's drifted forward, inference: 1x). Counting the calls the
     objective really makes keeps MFU honest for every objective and `adr.prob`."""
 
     def __init__(self, model: torch.nn.Module):
@@ -160,7 +160,7 @@ def peak_tflops(device: torch.device, precision: str, override: float = 0.0) -> 
 
 
 class PhaseTimer:
-    """Wall time per phase of a step (data, rollout, forward+backward, optimizer), measured on the
+    """Wall time per phase of a step (data, no-grad model calls, forward+backward, optimizer), measured on the
     steps that are logged: there the device is synchronised at each phase boundary so the times are
     real; other steps run unsynchronised and are not timed."""
 
@@ -189,9 +189,10 @@ class PhaseTimer:
         self._sync()
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
-    def watch_rollout(self, model: torch.nn.Module) -> None:
-        """Time the model calls made without a graph (the rollout) as their own phase; they are
-        subtracted from the enclosing forward+backward phase in `read`."""
+    def watch_nograd(self, model: torch.nn.Module) -> None:
+        """Time the model calls made without a graph (the ADR rollout, and FC's drifted forward on the
+        velocity bias) as their own phase `nograd`; they are subtracted from the enclosing
+        forward+backward phase in `read`."""
         def pre(module, args):
             if self.active and not torch.is_grad_enabled():
                 self._sync()
@@ -200,7 +201,7 @@ class PhaseTimer:
         def post(module, args, out):
             if self.active and self._nograd_t0 is not None:
                 self._sync()
-                self.times["rollout"] = self.times.get("rollout", 0.0) + time.perf_counter() - self._nograd_t0
+                self.times["nograd"] = self.times.get("nograd", 0.0) + time.perf_counter() - self._nograd_t0
                 self._nograd_t0 = None
         model.register_forward_pre_hook(pre)
         model.register_forward_hook(post)
@@ -208,8 +209,8 @@ class PhaseTimer:
     def read(self) -> dict:
         """{'time_<phase>_ms': ...} for the last timed step."""
         t = dict(self.times)
-        if "rollout" in t and "fwd_bwd" in t:
-            t["fwd_bwd"] -= t["rollout"]
+        if "nograd" in t and "fwd_bwd" in t:
+            t["fwd_bwd"] -= t["nograd"]
         return {f"time_{k}_ms": 1000.0 * v for k, v in t.items()}
 
 

@@ -128,9 +128,10 @@ def test_value_checks_on_are_host_reads():
 def meta_trainer(tmp_path, monkeypatch):
     """A Trainer whose device is `meta`: the model, EMA, optimizer state and batches live there."""
     from rfengine import trainer as trainer_mod
+    from rfengine.run import build as build_mod
     monkeypatch.setattr(trainer_mod.parallel, "init_distributed",
                         lambda backend="auto": parallel.Dist(rank=0, world=1, local_rank=0, device=META))
-    monkeypatch.setattr(trainer_mod, "check_attention", lambda *a, **k: None)
+    monkeypatch.setattr(build_mod, "check_attention", lambda *a, **k: None)
 
     def build(*extra):
         cfg = tiny_cfg(tmp_path / "run", "train.log_every=4", "train.steps=8", "objective.name=reflexflow",
@@ -148,7 +149,7 @@ def test_a_training_step_that_is_not_logged_reads_the_device_once(meta_trainer, 
     data = batches(tr.dataset, tr.cfg.train.batch_size, rank=0, world=1, seed=0, flip=False, device=META)
     assert next(tr.model.parameters()).device == META
     for step in range(4):  # FM steps, the switch at step 2, ReflexFlow steps
-        tr.step = step
+        tr.state.step = step
         x1, y = next(data)
         with value_checks(False), HostReads() as mode:
             applied, metrics = tr.train_step(x1, y)

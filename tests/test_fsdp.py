@@ -91,7 +91,7 @@ def test_sharded_checkpoint_saved_on_two_processes_resumes_on_one(tmp_path, shar
     shutil.copytree(sharded_run, out)
     cfg = tiny_cfg(out, *BASE, "train.steps=6", f"parallel.mode={mode}")
     trainer = Trainer(cfg, resume="auto")
-    assert trainer.step == 4 and trainer.batches == 4
+    assert trainer.step == 4 and trainer.data_position == 4
     ema, _ = checkpoint.load_safetensors(sharded_run / "ema.safetensors")
     for k, v in trainer.ema.state_dict().items():
         assert torch.equal(v, ema[k]), k  # whole tensors assembled from both processes' shards

@@ -75,11 +75,11 @@ def test_phase_timer_times_only_active_steps():
     assert timer.read() == {}
     timer.start(True)
     with timer.phase("fwd_bwd"):
-        timer.times["rollout"] = 0.001  # as the no-grad model hooks would add
+        timer.times["nograd"] = 0.001  # as the no-grad model hooks would add
         torch.ones(100).sum()
     out = timer.read()
-    assert set(out) == {"time_fwd_bwd_ms", "time_rollout_ms"}
-    assert out["time_rollout_ms"] == pytest.approx(1.0)
+    assert set(out) == {"time_fwd_bwd_ms", "time_nograd_ms"}
+    assert out["time_nograd_ms"] == pytest.approx(1.0)
 
 
 def test_run_logs_rates_phases_memory_and_tensorboard(tmp_path):
@@ -87,7 +87,7 @@ def test_run_logs_rates_phases_memory_and_tensorboard(tmp_path):
                    "train.peak_tflops=1.0")
     summary = Trainer(cfg).run()
     rows = read_metrics(tmp_path)
-    for key in ("images_per_s", "tokens_per_s", "model_tflops", "mfu", "time_data_ms", "time_rollout_ms",
+    for key in ("images_per_s", "tokens_per_s", "model_tflops", "mfu", "time_data_ms", "time_nograd_ms",
                 "time_fwd_bwd_ms", "time_optimizer_ms", "peak_rss_gb"):
         assert key in rows[-1], key
     assert rows[-1]["tokens_per_s"] == pytest.approx(rows[-1]["images_per_s"] * 16)  # DiT-T/4 on 16x16: 16 tokens

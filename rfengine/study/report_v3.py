@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rfengine.study import stats
-from rfengine.study.report import LABELS, _pct, _ratio_table, plot
+from rfengine.study.report import LABELS, _ratio_table, plot
 
 LABELS_V3 = {"fm_ln": "FM, logit-normal t", "fm_snr": "FM, Min-SNR-5", "fm_cos": "FM + cosine loss",
              "fc_input": "FC, input-space bias", "fc_input_p0.5": "FC, input-space bias, rollout on 1/2",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from rfengine.study import runs, stats
+from rfengine.study.scoring import SHAPE, Scorer
 
 # name -> integrate() options; the number in a fixed-grid name is its step count
 SAMPLERS = {"euler20": dict(method="euler", steps=20), "euler50": dict(method="euler", steps=50),
@@ -50,7 +51,7 @@ def score(path: Path, samples: int, names) -> dict:
     from rfengine.eval import feature_stats, frechet_distance
     from rfengine.sample import generate
     from rfengine.weights import load_model
-    scorer = runs.Scorer(samples=samples, sample_steps=[])
+    scorer = Scorer(samples=samples, sample_steps=[])
     model, _, _, _ = load_model(path, "ema")
     out = {}
     for name in names:
@@ -59,7 +60,7 @@ def score(path: Path, samples: int, names) -> dict:
             for i in range(0, samples, scorer.batch):
                 noise = scorer.noise[i:i + scorer.batch][: samples - i]
                 st = {}
-                x = generate(model, shape=runs.SHAPE, n=len(noise), labels=None, noise=noise, stats=st,
+                x = generate(model, shape=SHAPE, n=len(noise), labels=None, noise=noise, stats=st,
                              generator=torch.Generator().manual_seed(777 + i), **opts)
                 parts.append(x.clamp(-1, 1))
                 nfe.append(st.get("nfe", opts.get("steps")))

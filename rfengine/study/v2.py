@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 
 from rfengine import checkpoint
 from rfengine.study import runs, stats
+from rfengine.study.pool import Pool
 
 log = logging.getLogger("rfengine")
 PROTOCOL_KEYS = ["variants", "select_seeds", "confirm_seeds", "lr", "ft_fm_steps", "points", "chunk", "min_steps",
@@ -85,42 +84,6 @@ def parse_args(argv=None):
     if a.ft_fm_steps % a.points:
         p.error("--ft-fm-steps must be a multiple of --points")
     return a
-
-
-class Pool:
-    """Jobs with dependencies, run `workers` at a time in single-thread processes, fine-tunes first."""
-
-    def __init__(self, workers: int, log_dir: Path):
-        import multiprocessing
-        log_dir.mkdir(parents=True, exist_ok=True)
-        ctx = multiprocessing.get_context("spawn" if runs.on_gpu() else "fork")  # no CUDA state across a fork
-        self.ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(str(log_dir),))
-        self.workers = workers
-
-    def run(self, jobs: dict, desc: str) -> dict:
-        """jobs: name -> (priority, deps, fn, args); returns name -> result."""
-        from tqdm import tqdm
-        done, running = {}, {}
-        with tqdm(total=len(jobs), desc=desc, dynamic_ncols=True) as bar:
-            while len(done) < len(jobs):
-                ready = sorted((j for j in jobs if j not in done and j not in running.values()
-                                and all(d in done for d in jobs[j][1])), key=lambda j: jobs[j][0])
-                while ready and len(running) < self.workers:
-                    name = ready.pop(0)
-                    _, _, fn, args = jobs[name]
-                    running[self.ex.submit(fn, *args)] = name
-                bar.set_postfix_str(", ".join(sorted(running.values())))
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for f in finished:
-                    done[running.pop(f)] = f.result()  # a failed job stops the study with its error
-                    bar.update(1)
-        return done
-
-
-def _worker_init(log_dir: str) -> None:
-    runs.init_worker(1)
-    fd = os.open(os.path.join(log_dir, f"worker_{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(fd, 2)  # the trainer's log lines and warnings go to the worker's file, not the progress bar
 
 
 def _protocol(args, out: Path) -> None:

@@ -30,10 +30,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from rfengine.study import runs, stats
-from rfengine.study.v2 import Pool, calibrate
+from rfengine.study.pool import Pool
+from rfengine.study.v2 import calibrate
 
 log = logging.getLogger("rfengine")
 BASELINES = ["fm", "fm_ln", "fm_snr", "fm_cos"]

@@ -18,7 +18,7 @@ def _poison(trainer, bad_batches):
 
     def loss(model, x1, y, step):
         value, metrics = loss_fn(model, x1, y, step)
-        if trainer.batches in bad_batches:
+        if trainer.data_position in bad_batches:
             value = value * float("nan")
         return value, metrics
     trainer.objective.loss = loss
@@ -31,7 +31,7 @@ def test_nonfinite_loss_skips_the_step_and_counts_it(tmp_path):
     tr.run()
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # 5 applied updates from 7 batches
-    assert tr.batches == 7
+    assert tr.data_position == 7
     assert rows[0]["bad_steps"] == 0 and rows[-1]["bad_steps"] == 2
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
@@ -41,7 +41,7 @@ def test_nonfinite_gradient_is_caught_too(tmp_path):
     tr = Trainer(tiny_cfg(tmp_path, "train.steps=3"))
 
     def hook(g):
-        if tr.batches == 2:
+        if tr.data_position == 2:
             return g * float("inf")
         return g
     next(p for p in tr.model.parameters() if p.requires_grad).register_hook(hook)
@@ -82,3 +82,42 @@ def test_preemption_checkpoints_and_exits_0_then_resumes(tmp_path, sig):
                   "--resume", "auto")
     assert r.returncode == 0, r.stderr[-3000:]
     assert [row["step"] for row in read_metrics(tmp_path)] == list(range(1, stopped + 3))
+
+
+def test_signal_handlers_are_restored_when_the_run_fails_to_start(tmp_path):
+    """The SIGTERM/SIGINT handlers live exactly as long as run(), even when its set-up raises."""
+    import signal
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    tr = Trainer(tiny_cfg(tmp_path, "train.steps=2"))
+
+    def broken(step):
+        raise RuntimeError("telemetry could not start")
+    tr.metrics.open = broken
+    with pytest.raises(RuntimeError, match="telemetry could not start"):
+        tr.run()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_stop_on_a_checkpoint_step_saves_that_step_once(tmp_path, mode):
+    """A stop request that arrives on a checkpoint step completes the background save of that step; it
+    does not write the step a second time (a sharded re-save would delete the folder and write it again,
+    leaving no checkpoint at all with keep_ckpts 1 if the process died in between)."""
+    from rfengine import checkpoint
+    tr = Trainer(tiny_cfg(tmp_path, "train.steps=6", "train.ckpt_every=2", "train.keep_ckpts=1",
+                          f"parallel.mode={mode}"))
+    saves = []
+    real_save = tr.checkpoints.save
+    tr.checkpoints.save = lambda wait=True: saves.append(tr.step) or real_save(wait)
+    loss_fn = tr.objective.loss
+
+    def loss(model, x1, y, step):
+        if step == 3:  # the fourth step (a checkpoint step) sees the request
+            tr.stop.requested = True
+        return loss_fn(model, x1, y, step)
+    tr.objective.loss = loss
+    out = tr.run()
+    assert out == {"step": 4, "stopped": True}
+    assert saves == [2, 4], "step 4 was saved once, in the background, and completed"
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == [4]
+    assert checkpoint.load(checkpoint.list_checkpoints(tmp_path / "checkpoints")[-1][1])["step"] == 4

@@ -80,11 +80,12 @@ def test_preflight_with_injected_free_space_and_read_only_folder(tmp_path, monke
 
 def test_estimate_matches_a_real_checkpoint(tmp_path):
     from rfengine import checkpoint
+    from rfengine.run.build import build_model
     tr = Trainer(tiny_cfg(tmp_path, "train.steps=1", "model.arch=DiT-T/2"))
     tr.run()
     real = checkpoint.list_checkpoints(tmp_path / "checkpoints")[-1][1].stat().st_size
     with torch.device("meta"):
-        est = checkpoint.estimate_bytes(tr._build_model("meta"))
+        est = checkpoint.estimate_bytes(build_model(tr.cfg, tr.dataset.shape, tr.dataset.num_classes, "meta"))
     assert real <= est <= 1.1 * real
 
 
@@ -210,11 +211,11 @@ def test_metrics_write_failure_stops_the_run(tmp_path, monkeypatch):
 
 
 def test_sample_grid_and_tensorboard_failures_are_warnings(tmp_path, monkeypatch, capfd):
-    import rfengine.trainer as trainer_mod
+    import rfengine.run.grids as grids_mod
 
     def no_grid(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(trainer_mod, "save_grid", no_grid)
+    monkeypatch.setattr(grids_mod, "save_grid", no_grid)
     from torch.utils.tensorboard import SummaryWriter
 
     def no_scalar(*a, **k):

@@ -1,0 +1,64 @@
+"""A run's folder and its lifetime: the pre-flight check before anything is created, the folders, the log
+file, the resolved config (its schedule pinned as steps), and the SIGTERM/SIGINT handlers, installed and
+restored in one place."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+from pathlib import Path
+
+import torch
+
+from rfengine import checkpoint, config as config_lib, parallel
+from rfengine.run.build import build_model
+from rfengine.telemetry import setup_logging
+
+log = logging.getLogger("rfengine")
+
+
+def prepare(cfg, dist: parallel.Dist, out: Path, shape: tuple[int, int, int], num_classes: int) -> None:
+    """Collective: refuse to start when the run folder cannot hold what the run writes (its checkpoints,
+    the export, the sample grids), then make the folders and start the log."""
+    with torch.device("meta"):
+        model = build_model(cfg, shape, num_classes, "meta")
+    c, h, w = shape
+    side = max(h, w, 64)  # grids are upscaled to at least 64 pixels; PNG is at most the raw bytes
+    grids = cfg.train.steps // cfg.train.sample_every + 1
+    grid_bytes = grids * cfg.sample.num_images * (3 if c >= 3 else 1) * side * side
+    checkpoint.preflight(out, model, dist.world, cfg.train.keep_ckpts, grid_bytes, f"{grids} sample grids")
+    if dist.is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(exist_ok=True)
+    parallel.barrier()
+    setup_logging(dist.is_main, out)
+    log.info("rfengine: %d process(es), device %s", dist.world, dist.device)
+
+
+def save_config(cfg, schedule: dict, out: Path) -> None:
+    """The resolved config (every default filled in, the switch and ramp as steps) as `config.yaml`."""
+    pinned = dataclasses.replace(cfg.objective, start=float(schedule["start"]), ramp=float(schedule["ramp"]))
+    config_lib.save(dataclasses.replace(cfg, objective=pinned), out / "config.yaml")
+
+
+class StopSignals:
+    """SIGTERM / SIGINT ask the loop to finish the step, checkpoint and exit cleanly. A context manager:
+    the handlers live exactly as long as the `with` block, whatever it raises."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self) -> "StopSignals":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old.clear()
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        log.warning("received %s: finishing this step, then checkpointing", signal.Signals(signum).name)
