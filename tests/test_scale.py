@@ -44,23 +44,26 @@ def test_per_block_compile_keeps_loss_and_gradients(tmp_path, monkeypatch):
 
 
 def test_partial_rollout_under_compile_does_not_recompile_per_subset_size(tmp_path, monkeypatch):
-    """adr.prob = 0.5 sends a different number of samples through the model every step; the
-    objective has the model mark its batch dimension dynamic from the first step, so the first
-    step's graphs (training forward and the rollout's inference forward) serve every later size."""
+    """A ramped adr.prob (0.5 of a 16-sample batch reached over 5 steps: 2, 3, 5, 6, 8, 8 rolled samples)
+    sends a different number of samples through the model every step; the objective has the model mark
+    its batch dimension dynamic from the first step, so the first step's graphs (training forward and the
+    rollout's inference forward) serve every later size."""
     from torch._dynamo.utils import counters
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
     model = build_model("DiT-T/4", in_channels=1, input_size=16, num_classes=10)
-    obj = build_objective(config.load(None, ["objective.name=reflexflow", "objective.adr.prob=0.5"]).objective)
+    cfg = config.load(None, ["objective.name=reflexflow", "objective.adr.prob=0.5", "objective.start=1",
+                             "objective.ramp=5", "train.steps=10"])
+    obj = build_objective(cfg.objective, total_steps=10)
     assert obj.varies_batch
     parallel.apply_compile(model, True, dynamic_batch=obj.varies_batch)
     g = torch.Generator().manual_seed(1)
     x1, y = torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g)
     graphs, sizes = [], set()
     hook = model.register_forward_pre_hook(lambda m, args: sizes.add(args[0].shape[0]))
-    for step in range(6):
+    for step in range(1, 7):
         torch.manual_seed(10 + step)
         loss, _ = obj.loss(model, x1, y, step)
         loss.backward()

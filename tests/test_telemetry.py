@@ -96,3 +96,19 @@ def test_run_logs_rates_phases_memory_and_tensorboard(tmp_path):
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     json.dumps(summary)
+
+
+def test_metrics_agreed_over_processes_take_maxima_by_max(monkeypatch):
+    """Two processes (simulated): fc_w_max is the larger of the two maxima, the other metrics their mean."""
+    from rfengine import telemetry
+    other = {"loss": 3.0, "fc_w_max": 7.0, "fc_w_mean": 2.0}
+
+    def fake_all_reduce(t, op=torch.distributed.ReduceOp.SUM):
+        names = sorted(k for k in other if (k.endswith("_max") == (op == torch.distributed.ReduceOp.MAX)))
+        theirs = torch.tensor([other[k] for k in names])
+        return torch.maximum(t, theirs) if op == torch.distributed.ReduceOp.MAX else t + theirs
+    monkeypatch.setattr(telemetry.parallel, "all_reduce", fake_all_reduce)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    mine = {"loss": torch.tensor(1.0), "fc_w_max": torch.tensor(4.0), "fc_w_mean": torch.tensor(1.0)}
+    assert telemetry.reduce_metrics(mine, torch.device("cpu")) == {"fc_w_max": 7.0, "fc_w_mean": 1.5, "loss": 2.0}

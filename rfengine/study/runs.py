@@ -55,7 +55,7 @@ CONTROLS = {
 }
 BASE = ["model.arch=DiT-T/2", "model.class_conditional=false", "data.name=digits", "optim.warmup_steps=50",
         "optim.ema_decay=0.99", "train.log_every=50", "train.progress=false", "train.tensorboard=false",
-        "train.sample_every=100000000", "train.batch_size=64"]
+        "train.sample_every=100000000", "train.batch_size=64", "sample.num_images=10", "sample.steps=20"]
 
 
 def init_worker(threads: int = 1) -> None:

@@ -13,9 +13,10 @@ class Scorer:
     noise (sample i's noise depends on i only), so differences between models are not sampling noise."""
 
     def __init__(self, samples: int = 2000, sample_steps=(5, 10, 20, 50), bias_steps: int = 20,
-                 batch: int = 250):
+                 batch: int = 250, bias_samples: int = 256):
         from rfengine.data.digits import DigitsDataset
         from rfengine.eval import DigitsFeatures, feature_stats
+        self.bias_samples = bias_samples
         self.samples, self.sample_steps, self.bias_steps, self.batch = samples, list(sample_steps), bias_steps, batch
         self.feats = DigitsFeatures()
         self.real_x = DigitsDataset(16).images
@@ -46,8 +47,8 @@ class Scorer:
         from rfengine.eval.diagnostics import exposure_bias
         by_steps = {str(k): self._fd_pr(model, k, self.samples, pr=True) for k in self.sample_steps}
         g = torch.Generator().manual_seed(777)
-        idx = torch.randperm(self.real_x.shape[0], generator=g)[:256]
-        x0 = torch.randn((256, *SHAPE), generator=g)
+        idx = torch.randperm(self.real_x.shape[0], generator=g)[:self.bias_samples]
+        x0 = torch.randn((self.bias_samples, *SHAPE), generator=g)
         bias = exposure_bias(model, x0, self.real_x[idx], None, self.bias_steps)
         return {"by_steps": by_steps, "paired_error_mean": float(np.mean(bias["paired_error"])),
                 "energy_gap_end": bias["energy_gap"][-1], "bias": bias}

@@ -74,7 +74,7 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.quick:
         a.variants, a.select_seeds, a.confirm_seeds = ["fm", "fc_input"], [0, 1], [2]
-        a.ft_fm_steps, a.points, a.chunk, a.min_steps, a.max_steps, a.patience = 8, 2, 4, 4, 12, 1
+        a.ft_fm_steps, a.points, a.chunk, a.min_steps, a.max_steps, a.patience = 8, 2, 4, 4, 8, 1
         a.plateau_samples, a.samples, a.sample_steps = 32, 64, [2, 20]
         a.tail_fm_steps, a.scheduled_variants, a.scratch_seeds, a.controls = 4, ["chosen"], [2], []
     if "fm" not in a.variants:

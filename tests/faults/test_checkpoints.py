@@ -138,3 +138,28 @@ def test_safetensors_export_round_trip_and_foreign_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         checkpoint.load_safetensors(tmp_path / "junk.safetensors")
+
+
+def test_resume_auto_stops_when_checkpoints_exist_and_none_loads(tmp_path):
+    """--resume auto never starts over silently on top of a run whose checkpoint files cannot be read."""
+    Trainer(tiny_cfg(tmp_path, "train.steps=4", "train.ckpt_every=2")).run()
+    for _, path in checkpoint.list_checkpoints(tmp_path / "checkpoints"):
+        path.write_bytes(b"torn")
+    r = train_cli("--config", "configs/tiny_fm.yaml", *set_args("train.progress=false", f"train.out_dir={tmp_path}",
+                                                            "model.arch=DiT-T/4", "train.steps=6"), "--resume", "auto")
+    assert r.returncode == 1, r.stderr[-2000:]
+    line = [x for x in r.stderr.splitlines() if x.startswith("rfengine: error:")]
+    assert len(line) == 1 and "none of the 2 checkpoint(s)" in line[0] and "step_00000004.pt" in line[0]
+    assert "to start fresh, move them away" in line[0] and "Traceback" not in r.stderr
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == [2, 4]  # nothing overwritten
+
+
+def test_resume_hint_names_the_newest_checkpoint_without_reading_it(tmp_path, monkeypatch):
+    Trainer(tiny_cfg(tmp_path, "train.steps=4", "train.ckpt_every=2")).run()
+
+    def no_read(*a, **k):
+        raise AssertionError("resume_hint read a checkpoint file")
+    monkeypatch.setattr(checkpoint.reading, "load", no_read)
+    monkeypatch.setattr(checkpoint, "load", no_read)
+    hint = checkpoint.resume_hint(tmp_path / "checkpoints")
+    assert "step_00000004.pt (step 4)" in hint and "--resume auto" in hint

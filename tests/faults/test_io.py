@@ -111,7 +111,7 @@ def test_disk_fills_mid_run_then_resume_is_exact(tmp_path, straight):
 
 
 def test_injected_enospc_on_checkpoint_and_export(tmp_path, monkeypatch):
-    import rfengine.checkpoint as ck
+    import rfengine.checkpoint.background as ck  # torch.save of the checkpoint writer
     real_save = torch.save
     calls = {"n": 0}
 
@@ -306,7 +306,7 @@ def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
     background writer the run gets there (a synchronous write would wait for ever, here 60 s)."""
     import threading
 
-    import rfengine.checkpoint as ck
+    import rfengine.checkpoint.background as ck  # torch.save of the checkpoint writer
     from rfengine import telemetry
     released, timed_out = threading.Event(), []
     real_save, real_write = torch.save, telemetry.MetricsFile.write
@@ -368,7 +368,7 @@ def test_held_checkpoint_does_not_hold_training(tmp_path, mode):
 
 
 def test_a_failed_background_write_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
-    import rfengine.checkpoint as ck
+    import rfengine.checkpoint.background as ck  # torch.save of the checkpoint writer
     real_save = torch.save
 
     def failing(obj, f, *a, **k):

@@ -1,0 +1,72 @@
+"""Study v3 (python -m rfengine.study) end to end at tiny sizes: every variant's step cost calibrated,
+the strongest baseline chosen and frozen on the selection seeds before any FC variant is fine-tuned on
+top of it, the FC choice frozen before the confirmation seeds are pretrained, the headline (variant vs
+baseline) and baseline_vs_fm with measured step costs and FLOP floors, regime (b) for both, and resume."""
+import json
+
+import pytest
+
+from rfengine.study import runs, v3
+
+
+def test_v3_quick_end_to_end_choices_frozen_in_order_and_resume(tmp_path):
+    out = tmp_path / "v3"
+    assert v3.main(["--quick", "--out", str(out), "--workers", "1"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    cal = s["calibration"]
+    assert set(cal["cpu_seconds_per_step"]) == {"fm", "fm_ln", "fc_input", "fc_self", "fc_input@fm_ln",
+                                                "fc_self@fm_ln"}
+    base, sel = s["baseline_choice"], s["selection"]
+    assert base["seeds"] == [0, 1] and base["baseline"] in ("fm", "fm_ln")
+    assert sel["baseline"] == base["baseline"] and sel["seeds"] == [0, 1]
+    names = {r["variant"] for r in sel["rows"]}
+    assert names == {v3.on_top(f, base["baseline"]) for f in ("fc_input", "fc_self")}  # FC on the baseline
+    # the order of the choices: baseline.json before any FC fine-tune, selection.json before seed 2 exists
+    t = {p: (out / p).stat().st_mtime for p in ("baseline.json", "selection.json")}
+    fc_runs = [out / "finetune" / f"{v}_s{s_}" / "scores.json" for v in names for s_ in (0, 1)]
+    assert all(t["baseline.json"] <= f.stat().st_mtime for f in fc_runs)
+    assert t["selection.json"] <= (out / "pretrain" / "s2" / "plateau.json").stat().st_mtime
+    h = s["headline"]
+    for key in ("baseline", "variant", "regime", "sample_steps", "mean_log_ratio", "ci95", "confirm_seeds",
+                "per_seed", "step_cost"):
+        assert key in h, key
+    assert h["baseline"] == sel["baseline"] and h["variant"] == sel["variant"] and h["confirm_seeds"] == [2]
+    assert h["step_cost"] == pytest.approx(cal["cpu_seconds_per_step"][h["variant"]] /
+                                           cal["cpu_seconds_per_step"][h["baseline"]])
+    if sel["baseline"] != "fm":
+        assert s["baseline_vs_fm"]["baseline"] == "fm" and s["baseline_vs_fm"]["variant"] == sel["baseline"]
+    costs = s["step_costs"]
+    assert costs["fm"]["flop_floor_vs_fm"] == 1.0 and costs["fm_ln"]["flop_floor_vs_fm"] == 1.0
+    fc_in = v3.on_top("fc_input", sel["baseline"])
+    assert costs[fc_in]["flop_floor_vs_fm"] == pytest.approx(4 / 3)  # one no-grad rollout forward
+    assert costs[v3.on_top("fc_self", sel["baseline"])]["flop_floor_vs_fm"] == 1.0
+    b = s["scheduled"]
+    assert b["variant_vs_baseline"]["confirm_seeds"] == [0, 1, 2]
+    assert b["baseline_vs_fm_run"]["baseline"] == "fm_run"
+    report = (out / "report.md").read_text()
+    assert "Step 1, the strongest baseline" in report and "**Headline**" in report and "Regime (b)" in report
+    assert (out / "fd_vs_seconds.png").is_file()
+    before = [(out / p).read_text() for p in ("baseline.json", "selection.json")]
+    assert v3.main(["--quick", "--out", str(out), "--workers", "1"]) == 0  # resumes: nothing retrained
+    assert [(out / p).read_text() for p in ("baseline.json", "selection.json")] == before
+    with pytest.raises(SystemExit, match="started with other settings"):
+        v3.main(["--quick", "--out", str(out), "--lr", "0.5"])
+
+
+def test_fc_variants_on_top_of_a_baseline_take_its_time_sampler_and_weighting():
+    over = runs.overrides("fc_input_p0.25@fm_snr")
+    assert "objective.weighting=min_snr" in over and "objective.adr.prob=0.25" in over
+    assert "objective.name=reflexflow" in over and "objective.name=fm" not in over
+    assert runs.is_fm("fm_cos") and not runs.is_fm("fc_self@fm_ln")
+    with pytest.raises(ValueError, match="unknown"):
+        runs.overrides("fc_input@fm_typo")
+
+
+def test_the_baseline_is_fm_when_none_beats_it(tmp_path):
+    for s, fds in ((0, {"fm": 10.0, "fm_ln": 11.0}), (1, {"fm": 10.0, "fm_ln": 12.0})):
+        for v, fd in fds.items():
+            (tmp_path / "finetune" / f"{v}_s{s}").mkdir(parents=True)
+            runs.write_json(tmp_path / "finetune" / f"{v}_s{s}" / "scores.json",
+                            {"variant": v, "seed": s, "by_steps": {"20": {"fd": fd}}})
+    chosen = v3.select_baseline(tmp_path, ["fm", "fm_ln"], [0, 1], [20])
+    assert chosen["baseline"] == "fm"
