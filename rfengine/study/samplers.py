@@ -46,12 +46,12 @@ def model_path(study: Path, out: Path, variant: str, seed: int) -> Path:
     return again / "ema.safetensors"
 
 
-def score(path: Path, samples: int, names) -> dict:
+def score(path: Path, samples: int, names, classifier: Path | None = None) -> dict:
     """FD (and function evaluations per sample batch) of the model at `path` under each sampler."""
     from rfengine.eval import feature_stats, frechet_distance
     from rfengine.sample import generate
     from rfengine.weights import load_model
-    scorer = Scorer(samples=samples, sample_steps=[])
+    scorer = Scorer(samples=samples, sample_steps=[], classifier=str(classifier) if classifier else None)
     model, _, _, _ = load_model(path, "ema")
     out = {}
     for name in names:
@@ -79,7 +79,9 @@ def run(args) -> dict:
             path = out / "scores" / f"{v}_s{s}.json"
             if not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                runs.write_json(path, score(model_path(study, out, v, s), args.samples, args.samplers))
+                pinned = study / "digits_classifier.pt"  # the study's own feature extractor, where it pinned one
+                runs.write_json(path, score(model_path(study, out, v, s), args.samples, args.samplers,
+                                            pinned if pinned.is_file() else None))
             results[(v, s)] = json.loads(path.read_text())
     base, variant = args.variants
     rows = []

@@ -13,12 +13,14 @@ class Scorer:
     noise (sample i's noise depends on i only), so differences between models are not sampling noise."""
 
     def __init__(self, samples: int = 2000, sample_steps=(5, 10, 20, 50), bias_steps: int = 20,
-                 batch: int = 250, bias_samples: int = 256):
+                 batch: int = 250, bias_samples: int = 256, classifier: str | None = None):
         from rfengine.data.digits import DigitsDataset
         from rfengine.eval import DigitsFeatures, feature_stats
         self.bias_samples = bias_samples
         self.samples, self.sample_steps, self.bias_steps, self.batch = samples, list(sample_steps), bias_steps, batch
-        self.feats = DigitsFeatures()
+        # `classifier`: a pinned feature extractor (a study's own file); otherwise the machine's cached one,
+        # which another machine may have trained to other weights (FDs are then not comparable across them)
+        self.feats = DigitsFeatures(classifier)
         self.real_x = DigitsDataset(16).images
         self.real_feats = self.feats(self.real_x)
         self.real_stats = feature_stats(self.real_feats)

@@ -38,6 +38,7 @@ from rfengine.study.v2 import calibrate
 log = logging.getLogger("rfengine")
 BASELINES = ["fm", "fm_ln", "fm_snr", "fm_cos"]
 FC_VARIANTS = ["fc_input", "fc_input_p0.5", "fc_input_p0.25", "fc_self", "fc_self_nomask"]
+CLASSIFIER = "digits_classifier.pt"  # the study's pinned feature extractor (`pin_classifier`)
 PROTOCOL_KEYS = ["baselines", "fc_variants", "select_seeds", "confirm_seeds", "adopt_from", "lr", "ft_fm_steps",
                  "points", "chunk", "min_steps", "max_steps", "patience", "tol", "plateau_samples", "samples",
                  "sample_steps", "tail_fm_steps"]
@@ -105,15 +106,27 @@ def _protocol(args, out: Path) -> None:
         runs.write_json(path, want)
 
 
+def pin_classifier(out: Path) -> Path:
+    """The digit classifier every score of this study uses, pinned in the study folder at its first start
+    (committed with the results): the machine's cached classifier is trained on first use, and another
+    machine may train it to other weights, so FDs scored on two machines would not be comparable."""
+    path = out / CLASSIFIER
+    if not path.is_file():
+        from rfengine.eval import DigitsFeatures
+        shutil.copyfile(DigitsFeatures().path, path)
+    return path
+
+
 def adopt(args, out: Path) -> None:
-    """The selection seeds' pretrained FM models (plateau.json, pretrained.safetensors, scores.json) copied
-    from `--adopt-from`, so that their `pretrain` jobs find them finished."""
+    """The selection seeds' pretrained FM models (plateau.json, pretrained.safetensors) copied from
+    `--adopt-from`, so that their `pretrain` jobs find them finished. Their scores are not copied: the
+    `start` jobs score them again with this study's pinned classifier."""
     if not args.adopt_from:
         return
     for s in args.select_seeds:
         src, dst = Path(args.adopt_from) / "pretrain" / f"s{s}", out / "pretrain" / f"s{s}"
         dst.mkdir(parents=True, exist_ok=True)
-        for name in ("plateau.json", "pretrained.safetensors", "scores.json"):
+        for name in ("plateau.json", "pretrained.safetensors"):
             if not (dst / name).is_file():
                 if not (src / name).is_file():
                     raise SystemExit(f"rfengine: error: --adopt-from {args.adopt_from}: {src / name} is missing")
@@ -193,7 +206,8 @@ def branch_frozen(out: Path, which: str, seed: int, tail: int, steps: dict, lr: 
 
 def jobs(args, out: Path, cal: dict) -> dict:
     """name -> (priority, deps, fn, args); lower priority first. Selection, then confirmation, then (b)."""
-    steps, scorer = cal["finetune_steps"], {"samples": args.samples, "sample_steps": args.sample_steps}
+    steps, scorer = cal["finetune_steps"], {"samples": args.samples, "sample_steps": args.sample_steps,
+                                            "classifier": str(out / CLASSIFIER)}
     if args.quick:  # the exposure-bias curve on fewer trajectories (the protocol's 256 otherwise)
         scorer["bias_samples"] = 32
     rule = {k: getattr(args, k) for k in ("chunk", "min_steps", "max_steps", "patience", "tol")}
@@ -247,6 +261,7 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _protocol(args, out)
+    pin_classifier(out)
     adopt(args, out)
     if runs.on_gpu() and args.workers != 1:
         log.warning("a GPU is present: one run at a time (wall-clock seconds are the compute measure)")
