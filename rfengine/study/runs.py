@@ -58,6 +58,25 @@ BASE = ["model.arch=DiT-T/2", "model.class_conditional=false", "data.name=digits
         "train.sample_every=100000000", "train.batch_size=64", "sample.num_images=10", "sample.steps=20"]
 
 
+def add_protocol_args(p) -> None:
+    """The command-line settings every study shares: the fine-tune budget, the plateau rule of the FM
+    pretraining, the scoring, and regime (b)'s tail."""
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ft-fm-steps", type=int, default=1000,
+                   help="fine-tune budget: the CPU seconds of this many FM steps, for every variant")
+    p.add_argument("--points", type=int, default=2, help="checkpoints scored along each fine-tune")
+    p.add_argument("--chunk", type=int, default=1000, help="pretraining: steps between plateau checks")
+    p.add_argument("--min-steps", type=int, default=3000)
+    p.add_argument("--max-steps", type=int, default=12000)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--tol", type=float, default=0.02)
+    p.add_argument("--plateau-samples", type=int, default=1000)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--sample-steps", nargs="+", type=int, default=[5, 10, 20, 50])
+    p.add_argument("--tail-fm-steps", type=int, default=2000,
+                   help="regime (b): the FM run switches to the variant this many FM steps (in CPU seconds) before its end")
+
+
 def init_worker(threads: int = 1) -> None:
     """Per worker process: its thread count and quiet logging."""
     torch.set_num_threads(threads)

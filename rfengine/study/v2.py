@@ -46,20 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", default=V2_VARIANTS, choices=list(runs.VARIANTS))
     p.add_argument("--select-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--confirm-seeds", nargs="+", type=int, default=[5, 6, 7, 8, 9])
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ft-fm-steps", type=int, default=1000,
-                   help="fine-tune budget: the CPU seconds of this many FM steps, for every variant")
-    p.add_argument("--points", type=int, default=2, help="checkpoints scored along each fine-tune")
-    p.add_argument("--chunk", type=int, default=1000, help="pretraining: steps between plateau checks")
-    p.add_argument("--min-steps", type=int, default=3000)
-    p.add_argument("--max-steps", type=int, default=12000)
-    p.add_argument("--patience", type=int, default=2)
-    p.add_argument("--tol", type=float, default=0.02)
-    p.add_argument("--plateau-samples", type=int, default=1000)
-    p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--sample-steps", nargs="+", type=int, default=[5, 10, 20, 50])
-    p.add_argument("--tail-fm-steps", type=int, default=2000,
-                   help="regime (b): the FM run switches to the variant this many FM steps (in CPU seconds) before its end")
+    runs.add_protocol_args(p)
     p.add_argument("--scheduled-variants", nargs="*", default=["chosen", "rf"], choices=["chosen", *V2_VARIANTS],
                    help="regime (b) variants ('chosen': the one frozen in selection.json); none to skip regime (b)")
     p.add_argument("--scratch-variants", nargs="*", default=["fc_input"], choices=V2_VARIANTS,

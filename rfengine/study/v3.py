@@ -59,18 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--confirm-seeds", nargs="+", type=int, default=[10, 11, 12, 13, 14])
     p.add_argument("--adopt-from", default="results/digits_v2",
                    help="a study whose pretrained selection-seed models are reused ('' to pretrain them here)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ft-fm-steps", type=int, default=1000, help="fine-tune budget: the seconds of this many FM steps")
-    p.add_argument("--points", type=int, default=2)
-    p.add_argument("--chunk", type=int, default=1000)
-    p.add_argument("--min-steps", type=int, default=3000)
-    p.add_argument("--max-steps", type=int, default=12000)
-    p.add_argument("--patience", type=int, default=2)
-    p.add_argument("--tol", type=float, default=0.02)
-    p.add_argument("--plateau-samples", type=int, default=1000)
-    p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--sample-steps", nargs="+", type=int, default=[5, 10, 20, 50])
-    p.add_argument("--tail-fm-steps", type=int, default=2000)
+    runs.add_protocol_args(p)
     p.add_argument("--stop-after", choices=["calibration", "baseline", "selection", "finetune"],
                    help="stop after this phase (finetune: before regime (b))")
     p.add_argument("--summarize", action="store_true",

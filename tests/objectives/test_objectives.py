@@ -190,6 +190,13 @@ def test_grad_through_rollout_reaches_the_rollout_forward(model, batch):
     calls.clear()
     run(build_objective(obj_cfg(name="reflexflow")), counting, x1, y)
     assert calls[0] is False
+    # With ADR off (FC on the input-space bias) nothing would use that graph: the rollout runs without one.
+    calls.clear()
+    cfg = obj_cfg(name="reflexflow", adr={"weight": 0.0, "grad_through_rollout": True}, fc={"bias_space": "input"})
+    run(build_objective(cfg), counting, x1, y)
+    assert calls == [False, True], "the rollout without a graph, then the clean branch with one"
+    from rfengine.objectives.rollout import Rollout
+    assert "uhat_sqnorm" not in Rollout.__dataclass_fields__  # computed and never read: gone
 
 
 @pytest.mark.parametrize("variant", [
@@ -254,19 +261,3 @@ def test_nothing_rolled_still_calls_the_model_for_every_branch(model, batch, con
     assert float(m["rolled_frac"]) == 0.0 and float(m["delta_x_sq"]) == 0.0
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads(model, loss))
 
-
-def test_fc_on_the_input_bias_builds_no_rollout_graph_even_with_grad_through_rollout(model, batch):
-    """adr.grad_through_rollout trains the step that made the drift through the ADR loss; with ADR off
-    (FC on the input-space bias) nothing would use that graph, so the rollout runs without one."""
-    x1, y = batch
-    calls = []
-
-    def recording(x, t, yy):
-        out = model(x, t, yy)
-        calls.append(out.requires_grad)
-        return out
-    cfg = obj_cfg(name="reflexflow", adr={"weight": 0.0, "grad_through_rollout": True}, fc={"bias_space": "input"})
-    run(build_objective(cfg), recording, x1, y)
-    assert calls == [False, True], "the rollout without a graph, then the clean branch with one"
-    from rfengine.objectives.rollout import Rollout
-    assert "uhat_sqnorm" not in Rollout.__dataclass_fields__
