@@ -70,3 +70,20 @@ def test_the_baseline_is_fm_when_none_beats_it(tmp_path):
                             {"variant": v, "seed": s, "by_steps": {"20": {"fd": fd}}})
     chosen = v3.select_baseline(tmp_path, ["fm", "fm_ln"], [0, 1], [20])
     assert chosen["baseline"] == "fm"
+
+
+def test_recreate_remakes_the_chunk_checkpoints_and_matches_the_committed_model(tmp_path):
+    """Regime (b) branches from chunk checkpoints that are not committed: `runs.recreate` trains the seed's FM
+    run again chunk by chunk and checks the result against the committed pretrained model, weight for weight."""
+    import shutil
+    pre = tmp_path / "pretrain" / "s0"
+    rule = {"chunk": 2, "min_steps": 2, "max_steps": 4, "patience": 1, "tol": 0.02, "samples": 16}
+    scorer = {"samples": 16, "sample_steps": [2], "bias_samples": 8}
+    state = runs.pretrain(0, pre, rule, 1e-3, scorer)
+    assert state["stopped_at"] == 4
+    shutil.rmtree(pre / "run")  # another machine: the run folder was never committed
+    got = runs.recreate(0, pre, rule, 1e-3, scorer)
+    assert got["identical"] and got["max_abs_weight_diff"] == 0.0 and got["steps"] == 4
+    assert got["fd20_recreated"] == got["fd20_committed"]
+    assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
+    assert runs.recreate(0, pre, rule, 1e-3, scorer) == got  # done once, then read back
