@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rfengine import storage
 from rfengine.flow import DIFFUSIONS, LAST_STEPS, METHODS, integrate, with_cfg
 
 
@@ -58,7 +59,6 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 8, upscale: int | N
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from rfengine import storage
     # complete or absent (a full disk leaves no half-written PNG); a failure is a storage.WriteError
     return storage.write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
 
@@ -131,7 +131,7 @@ def sample_main(argv=None) -> int:
         model.to(dist.device)
         vae = None
         if a.vae:
-            from rfengine.data.vae import load_vae
+            from rfengine.data.vae import decode, load_vae
             vae = load_vae(a.vae, None, dist.device)
         elif cfg.data.name == "latents":
             raise ValueError(f"this model generates VAE latents ({shape[0]} channels); pass --vae NAME_OR_FOLDER, the "
@@ -157,7 +157,6 @@ def sample_main(argv=None) -> int:
                          stats=stats, **sampler)
             nfe.append(stats.get("nfe"))
             if vae is not None:
-                from rfengine.data.vae import decode
                 x = decode(vae, x, cfg.data.scale_factor)
             imgs.append(to_uint8(x))
             labels.append(np.asarray(idx) % model.num_classes if model.num_classes else np.zeros(len(idx), int))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rfengine import config as config_lib, faults, parallel
+from rfengine import config as config_lib, faults, parallel, storage
 from rfengine.data import batches, build_dataset
 from rfengine.models import drop_labels
 from rfengine.objectives import pin_schedule
@@ -154,7 +154,6 @@ class Trainer:
 
     def _finish(self, start: int, elapsed: float, grid) -> dict:
         """The run's summary, logged and written (`summary.json`, rank 0)."""
-        from rfengine import storage
         steps = self.state.step - start
         log.info("done: %d steps in %.1f s (%.3f s/step); samples %s", steps, elapsed, elapsed / max(steps, 1), grid)
         summary = {"step": self.state.step, "stopped": False, "seconds": elapsed,

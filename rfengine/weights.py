@@ -11,7 +11,6 @@ everywhere.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -40,17 +39,6 @@ def _key(weights: str) -> str:
     return "ema" if weights == "ema" else "model"
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict | None]:
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = (f.metadata() or {}).get("rfengine")
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
-    return state, (json.loads(header) if header else None)
-
-
 def read(path: str | Path, weights: str = "ema") -> tuple[dict | None, dict | None, str]:
     """(state dict or None for a sharded checkpoint, rfengine metadata or None for released weights, what
     was read) for `weights` ('ema' or 'raw') from any file that holds model weights. Wrapper prefixes are
@@ -62,7 +50,7 @@ def read(path: str | Path, weights: str = "ema") -> tuple[dict | None, dict | No
     if not path.is_file():
         raise ValueError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        state, meta = _read_safetensors(path)
+        state, meta = checkpoint.read_safetensors(path)
         if meta is None:
             return strip_prefixes(state), None, "safetensors weights"
         held = meta.get("weights", "ema")

@@ -35,7 +35,7 @@ def half_mask(h: int, w: int, mask: str, cutoff: float, device, dtype) -> torch.
 
 def lowpass(delta: torch.Tensor, mask: str, cutoff: float, acc: torch.dtype) -> torch.Tensor:
     if mask == "none":  # all-pass: the bias itself, no FFT (a fresh tensor: the kernels read it as lp)
-        return delta.to(acc).contiguous().clone() if delta.dtype == acc else delta.to(acc).contiguous()
+        return delta.to(dtype=acc, memory_format=torch.contiguous_format, copy=True)
     h, w = delta.shape[-2:]
     spec = torch.fft.rfft2(delta.to(acc))
     return torch.fft.irfft2(spec * half_mask(h, w, mask, cutoff, delta.device, acc), s=(h, w))

@@ -19,11 +19,12 @@ from rfengine.checkpoint.folder import (checkpoint_path, estimate_bytes, list_ch
                                         remove_temporaries, resume_hint)
 from rfengine.checkpoint.reading import META, UnsafeFileError, latest, load, read_pt
 from rfengine.checkpoint.sharded import load_sharded, save_sharded
-from rfengine.checkpoint.state import (capture_rng, export_safetensors, load_model_state, load_safetensors, restore_rng,
+from rfengine.checkpoint.state import (capture_rng, export_safetensors, load_model_state, load_safetensors,
+                                       read_safetensors, restore_rng,
                                        strip_prefixes)
 from rfengine.storage import write_atomic, write_json
 
 __all__ = ["BackgroundWriter", "save_atomic", "checkpoint_path", "estimate_bytes", "list_checkpoints", "preflight",
            "prune", "remove_temporaries", "resume_hint", "META", "UnsafeFileError", "latest", "load", "read_pt",
-           "load_sharded", "save_sharded", "capture_rng", "export_safetensors", "load_model_state", "load_safetensors",
+           "load_sharded", "save_sharded", "capture_rng", "export_safetensors", "load_model_state", "load_safetensors", "read_safetensors",
            "restore_rng", "strip_prefixes", "write_atomic", "write_json"]

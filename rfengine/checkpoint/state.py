@@ -83,8 +83,8 @@ def export_safetensors(state: dict, path: str | Path, metadata: dict) -> Path:
     return write_atomic(path, write)
 
 
-def load_safetensors(path: str | Path) -> tuple[dict, dict]:
-    """(state dict, rfengine metadata) from a file written by `export_safetensors`."""
+def read_safetensors(path: str | Path) -> tuple[dict, dict | None]:
+    """(state dict, rfengine metadata, or None for a safetensors file rfengine did not write)."""
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
@@ -95,6 +95,12 @@ def load_safetensors(path: str | Path) -> tuple[dict, dict]:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
-    if not isinstance(meta, dict):
+    return state, meta if isinstance(meta, dict) else None
+
+
+def load_safetensors(path: str | Path) -> tuple[dict, dict]:
+    """(state dict, rfengine metadata) from a file written by `export_safetensors`."""
+    state, meta = read_safetensors(path)
+    if meta is None:
         raise ValueError(f"{path} has no rfengine metadata; it was not written by rfengine's export")
     return state, meta

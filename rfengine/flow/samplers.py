@@ -122,11 +122,11 @@ def sde_grid(steps: int, diffusion: str, last_step: str, last_step_size: float, 
         raise ValueError(f"last_step: expected one of {', '.join(LAST_STEPS)}, got {last_step!r}")
     if diffusion == "SBDM" and sample_eps <= 0:
         raise ValueError("diffusion 'SBDM': w(t) = (1 - t)/t is infinite at t = 0; pass sample_eps > 0 (SiT: --sample-eps)")
-    t0 = sample_eps if diffusion == "SBDM" else 0.0
-    t1 = 1.0 - (last_step_size if last_step != "none" and last_step_size > 0 else sample_eps)
     if last_step != "none" and last_step_size <= 0:
         raise ValueError(f"last_step_size: expected > 0 for last_step {last_step!r} (the score is infinite at t = 1), "
                          f"got {last_step_size}")
+    t0 = sample_eps if diffusion == "SBDM" else 0.0
+    t1 = 1.0 - (last_step_size if last_step != "none" else sample_eps)
     if not t0 < t1:
         raise ValueError(f"the SDE grid is empty: t0 {t0} >= t1 {t1}")
     return torch.linspace(t0, t1, steps, dtype=torch.float64)
@@ -205,13 +205,12 @@ def integrate(fn: VelocityFn, x: torch.Tensor, y: torch.Tensor | None, *, steps:
         if return_path:
             raise ValueError("return_path: only for the fixed-grid euler and heun")
         return _dopri5(fn, x, y, atol=atol, rtol=rtol, stats=stats)
-    grid = time_grid(steps, shift)
-    times = grid.tolist()
+    times = time_grid(steps, shift).tolist()
     path = [x]
     b = x.shape[0]
     for i in range(steps):
         t0, t1 = times[i], times[i + 1]
-        h = float(grid[i + 1] - grid[i])
+        h = t1 - t0
         v0 = _at(fn, t0)(x, torch.full((b,), t0, dtype=x.dtype, device=x.device), y).to(x.dtype)
         if method == "euler":
             x = x + h * v0

@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from rfengine import checkpoint, config as config_lib, faults, parallel, storage
 from rfengine.run.build import Built
 
@@ -92,7 +94,6 @@ class CheckpointManager:
         if len(rng) == self.dist.world:
             checkpoint.restore_rng(rng[self.dist.rank])
         else:
-            import torch
             log.warning("checkpoint was written by %d process(es), this run has %d: data order is exact, "
                         "noise streams are re-seeded", len(rng), self.dist.world)
             torch.manual_seed(self.cfg.train.seed * 1000 + self.dist.rank + 1 + 7919 * s.step)
