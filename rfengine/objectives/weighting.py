@@ -7,27 +7,30 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def min_snr_numerator(t: torch.Tensor, gamma: float) -> torch.Tensor:
+def min_snr_numerator(t, gamma: float):
     """min(t^2, gamma*(1 - t)^2): Min-SNR's min(SNR, gamma) on the data-prediction error, moved onto the
-    velocity error (x1_hat - x1 = (1 - t)(v - u), SNR = t^2/(1 - t)^2)."""
-    return torch.minimum(t * t, gamma * (1 - t) * (1 - t))
+    velocity error (x1_hat - x1 = (1 - t)(v - u), SNR = t^2/(1 - t)^2). For tensors and numpy arrays."""
+    a, b = t * t, gamma * (1 - t) * (1 - t)
+    return np.minimum(a, b) if isinstance(t, np.ndarray) else torch.minimum(a, b)
 
 
 def time_mean(fn, time_sampler: str, mean: float = 0.0, std: float = 1.0, points: int = 200_001) -> float:
     """E[fn(t)] under the training time distribution (`uniform` or `logit_normal`), by quadrature in
-    float64 on the host: computed once per objective, never on the device."""
+    float64 numpy on the host: computed once per objective, never on the device, and unaffected by a
+    torch mode around the construction (the planner builds objectives under FakeTensorMode)."""
     if time_sampler == "uniform":
-        t = (torch.arange(points, dtype=torch.float64) + 0.5) / points          # midpoints of (0, 1)
+        t = (np.arange(points, dtype=np.float64) + 0.5) / points               # midpoints of (0, 1)
         return float(fn(t).mean())
     if time_sampler == "logit_normal":
         # t = sigmoid(mean + std*n), n ~ N(0, 1): integrate over n on +-12 sigma (the tails carry < 1e-30)
-        n = torch.linspace(-12.0, 12.0, points, dtype=torch.float64)
-        density = torch.exp(-0.5 * n * n) / math.sqrt(2 * math.pi)
-        return float(torch.trapezoid(fn(torch.sigmoid(mean + std * n)) * density, n))
+        n = np.linspace(-12.0, 12.0, points, dtype=np.float64)
+        density = np.exp(-0.5 * n * n) / math.sqrt(2 * math.pi)
+        return float(np.trapezoid(fn(1.0 / (1.0 + np.exp(-(mean + std * n)))) * density, n))
     raise ValueError(f"objective.time_sampler: expected 'uniform' or 'logit_normal', got {time_sampler!r}")
 
 
