@@ -7,7 +7,7 @@ from pathlib import Path
 from rfengine.study import stats
 from rfengine.study.report import LABELS, _ratio_table, plot
 
-LABELS_V3 = {"fm_ln": "FM, logit-normal t", "fm_snr": "FM, Min-SNR-5", "fm_cos": "FM + cosine loss",
+LABELS_V3 = {"fm": "FM, uniform t", "fm_ln": "FM, logit-normal t", "fm_snr": "FM, Min-SNR-5", "fm_cos": "FM + cosine loss",
              "fc_input": "FC, input-space bias", "fc_input_p0.5": "FC, input-space bias, rollout on 1/2",
              "fc_input_p0.25": "FC, input-space bias, rollout on 1/4", "fc_self": "FC, own error (self)",
              "fc_self_nomask": "FC, own error, no low-pass", "fm_run": "the FM run to its end"}
@@ -94,4 +94,5 @@ def write_report(summary: dict, out: Path) -> None:
     if h:
         panels.append((f"confirmation seeds {h['confirm_seeds']} (not seen by the choices)", h["confirm_seeds"]))
     plot({**summary, "curves": curves}, out / "fd_vs_seconds.png",
-         f"Fine-tuning at equal compute: FM, {label(sel['baseline'])}, {label(sel['variant'])}", panels)
+         "Fine-tuning a plateaued FM model at equal compute: uniform-t FM, the chosen baseline and the FC "
+         "variant chosen on top of it", panels, label)
