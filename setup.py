@@ -7,6 +7,8 @@ setup(
     description="Performance-first training engine for flow-matching DiT/SiT generators with ReflexFlow",
     python_requires=">=3.10",
     packages=find_packages(include=["rfengine", "rfengine.*", "kernels", "kernels.*"]),
+    # the digit classifier behind every digits FD: the same weights on every machine
+    package_data={"rfengine.eval": ["digits_classifier.safetensors"]},
     install_requires=[
         # A range that the local CPU build 2.13.0 satisfies: a newer minimum would pull a CUDA build.
         "torch>=2.4,<2.15",

@@ -1,8 +1,11 @@
 """Feature extractors for Fréchet distances.
 
-- `digits`: a small CNN classifier trained once on the embedded digits (16x16) and cached; its
-  64-d penultimate layer is the feature space (the SPEC section 6 study's "FD in the feature space
-  of a small digit classifier"). Its held-out accuracy is reported with every score.
+- `digits`: a small CNN classifier of the embedded digits (16x16); its 64-d penultimate layer is the
+  feature space (the SPEC section 6 study's "FD in the feature space of a small digit classifier").
+  Its weights ship with the package (`digits_classifier.safetensors`, study v3's pinned classifier),
+  so a digits FD means the same on every machine: training it again is not bit-reproducible across
+  machines (one machine's retrained classifier scored the same model 20.2 where another's gave 25.6).
+  Its held-out accuracy is reported with every score. `train_digits_classifier` made it.
 - `inception`: Inception-v3 pool features (2048-d) from a local TorchScript file with the interface
   of the widely used `inception-2015-12-05.pt` (the TF FID network ported to TorchScript, as used by
   StyleGAN2-ADA/StyleGAN3 and clean-fid): `net(images_uint8_nchw, return_features=True)`, images
@@ -23,10 +26,6 @@ import torch.nn.functional as F
 log = logging.getLogger("rfengine")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RFENGINE_CACHE", Path.home() / ".cache" / "rfengine"))
-
-
 class DigitsNet(nn.Module):
     def __init__(self, width: int = 32, feat: int = 64, classes: int = 10):
         super().__init__()
@@ -44,52 +43,78 @@ class DigitsNet(nn.Module):
         return self.head(self.features(x))
 
 
+SHIPPED = Path(__file__).with_name("digits_classifier.safetensors")
+
+
 class DigitsFeatures:
-    """The cached digit classifier; `__call__(x in [-1, 1], (N, 1, 16, 16))` -> (N, 64) features."""
+    """The digit classifier's features; `__call__(x in [-1, 1], (N, 1, 16, 16))` -> (N, 64) features.
+    `path`: the shipped weights when None, else a `.safetensors` file of the same form or a `.pt`
+    state ({"model", "accuracy"}, read with `weights_only`)."""
 
     dim = 64
 
-    def __init__(self, path: str | Path | None = None, seed: int = 0):
-        self.path = Path(path) if path else cache_dir() / f"digits_classifier_s{seed}.pt"
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else SHIPPED
+        if not self.path.is_file():
+            raise FileNotFoundError(f"digits features: no classifier weights at {self.path}"
+                                    + ("" if path else " (the package's own file is missing: reinstall rfengine)"))
         self.net = DigitsNet()
-        if self.path.is_file():
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-            self.net.load_state_dict(state["model"])
-            self.accuracy = float(state["accuracy"])
+        if self.path.suffix == ".safetensors":
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+            with safe_open(str(self.path), "pt") as f:
+                meta = f.metadata() or {}
+            state, self.accuracy = load_file(str(self.path)), float(meta.get("accuracy", "nan"))
         else:
-            self.accuracy = self._train(seed)
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            state, self.accuracy = saved["model"], float(saved["accuracy"])
+        self.net.load_state_dict(state)
         self.net.eval()
 
-    def _train(self, seed: int) -> float:
-        from rfengine.data.digits import DigitsDataset
-        ds = DigitsDataset(16)
-        x, y = ds.images, ds.labels
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(ds), generator=g)
-        test, train = perm[:300], perm[300:]
-        torch.manual_seed(seed)
-        opt = torch.optim.Adam(self.net.parameters(), lr=2e-3)
-        for _ in range(15):
-            for idx in train[torch.randperm(len(train), generator=g)].split(64):
-                xb = x[idx] + 0.05 * torch.randn(x[idx].shape, generator=g)  # a little noise: robust features
-                loss = F.cross_entropy(self.net(xb), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        with torch.no_grad():
-            acc = (self.net(x[test]).argmax(1) == y[test]).float().mean().item()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({"model": self.net.state_dict(), "accuracy": acc}, tmp)
-        os.replace(tmp, self.path)
-        log.info("trained the digit feature classifier: held-out accuracy %.3f, cached at %s", acc, self.path)
-        return acc
+    def save(self, path: str | Path) -> Path:
+        """These weights as a `.pt` state ({"model", "accuracy"}), written atomically (a study pins its copy)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"model": self.net.state_dict(), "accuracy": self.accuracy}, tmp)
+        os.replace(tmp, path)
+        return path
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         if x.shape[1:] != (1, 16, 16):
             raise ValueError(f"digits features: expected images (N, 1, 16, 16), got {tuple(x.shape)}")
         return torch.cat([self.net.features(b.float().cpu()) for b in x.split(512)]).numpy()
+
+
+def train_digits_classifier(path: str | Path, seed: int = 0) -> DigitsFeatures:
+    """A new digit classifier trained on the embedded digits (held out: 300 of them, chosen by `seed`),
+    saved at `path` as a `.pt` state: how the shipped weights were made. Another machine trains other
+    weights from the same seed, so scores made with two such files are not comparable."""
+    from rfengine.data.digits import DigitsDataset
+    net = DigitsNet()
+    ds = DigitsDataset(16)
+    x, y = ds.images, ds.labels
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(ds), generator=g)
+    test, train = perm[:300], perm[300:]
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(15):
+        for idx in train[torch.randperm(len(train), generator=g)].split(64):
+            xb = x[idx] + 0.05 * torch.randn(x[idx].shape, generator=g)  # a little noise: robust features
+            loss = F.cross_entropy(net(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        acc = (net(x[test]).argmax(1) == y[test]).float().mean().item()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": net.state_dict(), "accuracy": acc}, tmp)
+    os.replace(tmp, path)
+    log.info("trained a digit feature classifier: held-out accuracy %.3f, saved at %s", acc, path)
+    return DigitsFeatures(path)
 
 
 class InceptionFeatures:

@@ -18,8 +18,7 @@ class Scorer:
         from rfengine.eval import DigitsFeatures, feature_stats
         self.bias_samples = bias_samples
         self.samples, self.sample_steps, self.bias_steps, self.batch = samples, list(sample_steps), bias_steps, batch
-        # `classifier`: a pinned feature extractor (a study's own file); otherwise the machine's cached one,
-        # which another machine may have trained to other weights (FDs are then not comparable across them)
+        # `classifier`: a study's pinned feature extractor; otherwise the package's shipped one (the same file)
         self.feats = DigitsFeatures(classifier)
         self.real_x = DigitsDataset(16).images
         self.real_feats = self.feats(self.real_x)

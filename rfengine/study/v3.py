@@ -97,12 +97,12 @@ def _protocol(args, out: Path) -> None:
 
 def pin_classifier(out: Path) -> Path:
     """The digit classifier every score of this study uses, pinned in the study folder at its first start
-    (committed with the results): the machine's cached classifier is trained on first use, and another
-    machine may train it to other weights, so FDs scored on two machines would not be comparable."""
+    (committed with the results): a copy of the package's shipped classifier (v3's own pin became the
+    shipped one), so that a study keeps its feature space if the package's file ever changes."""
     path = out / CLASSIFIER
     if not path.is_file():
         from rfengine.eval import DigitsFeatures
-        shutil.copyfile(DigitsFeatures().path, path)
+        DigitsFeatures().save(path)
     return path
 
 

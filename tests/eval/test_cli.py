@@ -1,5 +1,5 @@
 """The measurement commands end to end on a tiny trained run: sampling (1 and 2 processes give the
-same images), FD against the embedded digits with the cached classifier, exposure-bias diagnostics,
+same images), FD against the embedded digits with the shipped classifier, exposure-bias diagnostics,
 and the sampler options."""
 import json
 
@@ -16,11 +16,6 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     Trainer(tiny_cfg(out, "train.steps=3")).run()
     return out
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("RFENGINE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def test_sample_writes_npz_grid_and_metadata(run_dir, tmp_path):
@@ -76,7 +71,7 @@ def test_fd_and_bias_commands(run_dir, tmp_path):
     npz = tmp_path / "samples_ema_euler2_cfg1_n40_seed0.npz"
     res = evaluate.fd_command(evaluate.parse_args(["fd", "--samples", str(npz), "--ref", "digits"]))
     assert res["fd"] > 0 and res["n_fake"] == 40 and res["n_real"] == 1797
-    assert res["feature_accuracy"] > 0.9  # the cached digit classifier is a usable feature space
+    assert res["feature_accuracy"] > 0.9  # the shipped digit classifier is a usable feature space
     assert res["sampling"]["steps"] == 2 and 0 <= res["precision"] <= 1
     saved = json.loads(npz.with_name(npz.stem + "_fd_digits.json").read_text())
     assert saved["fd"] == res["fd"]

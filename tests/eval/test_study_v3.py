@@ -4,8 +4,11 @@ top of it, the FC choice frozen before the confirmation seeds are pretrained, th
 baseline) and baseline_vs_fm with measured step costs and FLOP floors, regime (b) for both, and resume."""
 import json
 
+import numpy as np
 import pytest
+import torch
 
+from rfengine.eval import DigitsFeatures
 from rfengine.study import runs, v3
 
 
@@ -13,6 +16,8 @@ def test_v3_quick_end_to_end_choices_frozen_in_order_and_resume(tmp_path):
     out = tmp_path / "v3"
     assert v3.main(["--quick", "--out", str(out), "--workers", "1"]) == 0
     s = json.loads((out / "summary.json").read_text())
+    x = torch.rand(3, 1, 16, 16) * 2 - 1  # the study pinned the package's classifier at its start
+    np.testing.assert_array_equal(DigitsFeatures(out / v3.CLASSIFIER)(x), DigitsFeatures()(x))
     cal = s["calibration"]
     assert set(cal["cpu_seconds_per_step"]) == {"fm", "fm_ln", "fc_input", "fc_self", "fc_input@fm_ln",
                                                 "fc_self@fm_ln"}
