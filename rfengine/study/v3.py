@@ -229,7 +229,9 @@ def jobs(args, out: Path, cal: dict) -> dict:
     for s in args.confirm_seeds:
         pre = out / "pretrain" / f"s{s}"
         init = pre / "pretrained.safetensors"
-        out_jobs[f"pretrain s{s}"] = (3, ["select"], runs.pretrain, (s, pre, rule, args.lr, scorer))
+        # the longest jobs first: every confirmation seed's pretraining before any fine-tune, so that no
+        # worker waits beside the last seed's pretraining
+        out_jobs[f"pretrain s{s}"] = (0, ["select"], runs.pretrain, (s, pre, rule, args.lr, scorer))
         out_jobs[f"start s{s}"] = (4, [f"pretrain s{s}"], runs.score_file, (init, scorer, pre / "scores.json"))
         out_jobs[f"fm s{s}"] = (1, [f"pretrain s{s}"], runs.finetune,
                                 ("fm", s, out / "finetune" / f"fm_s{s}", init, steps["fm"], args.points, args.lr, scorer))
