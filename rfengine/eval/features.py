@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from rfengine import storage
 
 log = logging.getLogger("rfengine")
 
@@ -61,10 +62,9 @@ class DigitsFeatures:
         self.net = DigitsNet()
         if self.path.suffix == ".safetensors":
             from safetensors import safe_open
-            from safetensors.torch import load_file
             with safe_open(str(self.path), "pt") as f:
-                meta = f.metadata() or {}
-            state, self.accuracy = load_file(str(self.path)), float(meta.get("accuracy", "nan"))
+                state = {k: f.get_tensor(k) for k in f.keys()}
+                self.accuracy = float((f.metadata() or {}).get("accuracy", "nan"))
         else:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
             state, self.accuracy = saved["model"], float(saved["accuracy"])
@@ -72,12 +72,8 @@ class DigitsFeatures:
         self.net.eval()
 
     def save(self, path: str | Path) -> Path:
-        """These weights as a `.pt` state ({"model", "accuracy"}), written atomically (a study pins its copy)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"model": self.net.state_dict(), "accuracy": self.accuracy}, tmp)
-        os.replace(tmp, path)
-        return path
+        """These weights as a `.pt` state (a study pins its copy)."""
+        return _save_pt(path, self.net, self.accuracy)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> np.ndarray:
@@ -108,13 +104,15 @@ def train_digits_classifier(path: str | Path, seed: int = 0) -> DigitsFeatures:
             opt.step()
     with torch.no_grad():
         acc = (net(x[test]).argmax(1) == y[test]).float().mean().item()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": net.state_dict(), "accuracy": acc}, tmp)
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _save_pt(path, net, acc)
     log.info("trained a digit feature classifier: held-out accuracy %.3f, saved at %s", acc, path)
     return DigitsFeatures(path)
+
+
+def _save_pt(path: str | Path, net: DigitsNet, accuracy: float) -> Path:
+    """A classifier as a `.pt` state ({"model", "accuracy"}, readable with `weights_only`), written atomically."""
+    return storage.write_atomic(path, lambda tmp: torch.save({"model": net.state_dict(), "accuracy": accuracy}, tmp))
 
 
 class InceptionFeatures:
