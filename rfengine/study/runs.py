@@ -211,11 +211,13 @@ def recreate(seed: int, pre: Path, rule: dict, lr: float, scorer_args: dict) -> 
     `pretrained.safetensors`, weight for weight and by FD@20 (`recreated.json`); a re-creation that does
     not score as the committed model stops the job with both numbers."""
     result_path = pre / "recreated.json"
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
     end = json.loads((pre / "plateau.json").read_text())["stopped_at"]
-    for step in range(rule["chunk"], end + 1, rule["chunk"]):
-        if not checkpoint.checkpoint_path(pre / "run" / "checkpoints", step).is_file():
+    chunks = [checkpoint.checkpoint_path(pre / "run" / "checkpoints", s) for s in range(rule["chunk"], end + 1, rule["chunk"])]
+    if result_path.is_file() and all(c.is_file() for c in chunks):
+        return json.loads(result_path.read_text())
+    # a committed recreated.json without its chunk checkpoints (another machine): made again and checked again
+    for step, path in zip(range(rule["chunk"], end + 1, rule["chunk"]), chunks):
+        if not path.is_file():
             train("fm", seed, pre / "run", step, rule["chunk"], [f"optim.lr={lr}"], start=step - rule["chunk"])
     from safetensors.torch import load_file
     made, committed = load_file(pre / "run" / "ema.safetensors"), load_file(pre / "pretrained.safetensors")

@@ -215,8 +215,6 @@ def jobs(args, out: Path, cal: dict) -> dict:
         for f in args.fc_variants:
             out_jobs[f"{f}@base s{s}"] = (2, ["baseline"], finetune_on_baseline,
                                           (out, f, s, init, steps, args.points, args.lr, scorer))
-        if args.adopt_from:  # regime (b) branches from chunk checkpoints that only a re-creation brings back
-            out_jobs[f"recreate s{s}"] = (9, [f"pretrain s{s}"], runs.recreate, (s, pre, rule, args.lr, scorer))
     out_jobs["baseline"] = (0, [f"{b} s{s}" for s in args.select_seeds for b in args.baselines], select_baseline,
                             (out, args.baselines, args.select_seeds, args.sample_steps))
     out_jobs["select"] = (0, [f"{f}@base s{s}" for s in args.select_seeds for f in args.fc_variants], select,
@@ -241,7 +239,13 @@ def jobs(args, out: Path, cal: dict) -> dict:
     if args.stop_after == "finetune":
         return {j: v for j, v in out_jobs.items() if not j.startswith("recreate")}
     for s in [*args.select_seeds, *args.confirm_seeds]:
-        deps = [f"pretrain s{s}", f"start s{s}", "select", *([f"recreate s{s}"] if f"recreate s{s}" in out_jobs else [])]
+        # regime (b) branches from chunk checkpoints, which are not committed: on another machine (or for the
+        # adopted seeds) only a re-creation brings them back; where they are here it just checks the end.
+        # The confirmation seeds first: their regime (b) pairs are the ones no choice has looked at.
+        pre = out / "pretrain" / f"s{s}"
+        out_jobs[f"recreate s{s}"] = (8 if s in args.confirm_seeds else 9, [f"pretrain s{s}"], runs.recreate,
+                                      (s, pre, rule, args.lr, scorer))
+        deps = [f"pretrain s{s}", f"start s{s}", "select", f"recreate s{s}"]
         for which in ("baseline", "variant"):
             out_jobs[f"sched {which} s{s}"] = (5, deps, branch_frozen,
                                                (out, which, s, args.tail_fm_steps, tail, args.lr, scorer))

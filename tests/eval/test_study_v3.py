@@ -92,3 +92,6 @@ def test_recreate_remakes_the_chunk_checkpoints_and_matches_the_committed_model(
     assert got["fd20_recreated"] == got["fd20_committed"]
     assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
     assert runs.recreate(0, pre, rule, 1e-3, scorer) == got  # done once, then read back
+    shutil.rmtree(pre / "run")  # a committed recreated.json on a third machine: its checkpoints are made again
+    assert runs.recreate(0, pre, rule, 1e-3, scorer) == got
+    assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
