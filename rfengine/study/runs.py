@@ -204,32 +204,47 @@ def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict)
     return state
 
 
-def recreate(seed: int, pre: Path, rule: dict, lr: float, scorer_args: dict) -> dict:
+def recreate(seed: int, pre: Path, rule: dict, lr: float, scorer_args: dict, tail: int | None = None) -> dict:
     """The chunk checkpoints of seed `seed`'s FM pretraining run, made again on this machine (run folders
-    are not committed): the same run, chunk by chunk, to where it stopped (`plateau.json`), keeping every
-    chunk checkpoint for the regime (b) branches. The re-created final EMA is compared with the committed
-    `pretrained.safetensors`, weight for weight and by FD@20 (`recreated.json`); a re-creation that does
-    not score as the committed model stops the job with both numbers."""
+    are not committed): the same run, chunk by chunk, keeping every chunk checkpoint for the regime (b)
+    branches, and checked (`recreated.json`; a re-creation that does not score as the original stops the
+    job with both numbers). With `tail` (a pretraining scored by this study's classifier), only to the
+    branch step `tail` steps before its end, whose EMA must score FD@20 as `plateau.json` recorded it then:
+    the model the branches start from is the one checked, and the tail is not trained for nothing.
+    Without it (a history scored by another study's classifier), to where the run stopped, compared with
+    the committed `pretrained.safetensors` weight for weight and by FD@20."""
     result_path = pre / "recreated.json"
-    end = json.loads((pre / "plateau.json").read_text())["stopped_at"]
-    chunks = [checkpoint.checkpoint_path(pre / "run" / "checkpoints", s) for s in range(rule["chunk"], end + 1, rule["chunk"])]
+    plateau = json.loads((pre / "plateau.json").read_text())
+    upto = plateau["stopped_at"] - (tail or 0)
+    steps = range(rule["chunk"], upto + 1, rule["chunk"])
+    chunks = [checkpoint.checkpoint_path(pre / "run" / "checkpoints", s) for s in steps]
+    if tail is not None and upto not in steps:
+        raise ValueError(f"recreate s{seed}: the branch step {upto} is not a chunk checkpoint (chunk {rule['chunk']})")
     if result_path.is_file() and all(c.is_file() for c in chunks):
-        return json.loads(result_path.read_text())
+        done = json.loads(result_path.read_text())
+        if done["steps"] >= upto:
+            return done
     # a committed recreated.json without its chunk checkpoints (another machine): made again and checked again
-    for step, path in zip(range(rule["chunk"], end + 1, rule["chunk"]), chunks):
+    for step, path in zip(steps, chunks):
         if not path.is_file():
             train("fm", seed, pre / "run", step, rule["chunk"], [f"optim.lr={lr}"], start=step - rule["chunk"])
-    from safetensors.torch import load_file
-    made, committed = load_file(pre / "run" / "ema.safetensors"), load_file(pre / "pretrained.safetensors")
-    diff = max(float((made[k].float() - committed[k].float()).abs().max()) for k in committed)
     scorer = Scorer(**scorer_args)
-    fd_made, fd_committed = (scorer.fd(load(p), 20, rule["samples"]) for p in
-                             (pre / "run" / "ema.safetensors", pre / "pretrained.safetensors"))
-    result = {"seed": seed, "steps": end, "identical": diff == 0.0, "max_abs_weight_diff": diff,
-              "fd20_recreated": fd_made, "fd20_committed": fd_committed, "samples": rule["samples"]}
-    if abs(fd_made / fd_committed - 1) > 0.01:
-        raise RuntimeError(f"recreate s{seed}: the re-created FM run does not score as the committed model "
-                           f"(FD@20 {fd_made:.3f} vs {fd_committed:.3f}, weights differ by up to {diff:.3g})")
+    fd_made = scorer.fd(load(chunks[-1]), 20, rule["samples"])
+    result = {"seed": seed, "steps": upto, "samples": rule["samples"], "fd20_recreated": fd_made}
+    if tail is not None:
+        fd_then = {h["step"]: h["fd20"] for h in plateau["history"]}[upto]
+        result.update(checked_against="plateau.json's FD@20 at the branch step", fd20_original=fd_then,
+                      identical_fd=fd_made == fd_then)
+    else:
+        from safetensors.torch import load_file
+        made, committed = load_file(pre / "run" / "ema.safetensors"), load_file(pre / "pretrained.safetensors")
+        diff = max(float((made[k].float() - committed[k].float()).abs().max()) for k in committed)
+        fd_then = scorer.fd(load(pre / "pretrained.safetensors"), 20, rule["samples"])
+        result.update(checked_against="the committed pretrained.safetensors", fd20_original=fd_then,
+                      identical=diff == 0.0, max_abs_weight_diff=diff)
+    if abs(fd_made / fd_then - 1) > 0.01:
+        raise RuntimeError(f"recreate s{seed}: the re-created FM run does not score as the original at step {upto} "
+                           f"(FD@20 {fd_made:.3f} vs {fd_then:.3f})")
     write_json(result_path, result)
     return result
 

@@ -241,10 +241,12 @@ def jobs(args, out: Path, cal: dict) -> dict:
     for s in [*args.select_seeds, *args.confirm_seeds]:
         # regime (b) branches from chunk checkpoints, which are not committed: on another machine (or for the
         # adopted seeds) only a re-creation brings them back; where they are here it just checks the end.
-        # The confirmation seeds first: their regime (b) pairs are the ones no choice has looked at.
-        pre = out / "pretrain" / f"s{s}"
-        out_jobs[f"recreate s{s}"] = (8 if s in args.confirm_seeds else 9, [f"pretrain s{s}"], runs.recreate,
-                                      (s, pre, rule, args.lr, scorer))
+        # The confirmation seeds first: their regime (b) pairs are the ones no choice has looked at. Their
+        # pretraining was scored by this study's classifier, so the branch step is checked against its
+        # history; the adopted seeds' histories were scored by v2's, so theirs are re-created to the end.
+        pre, own = out / "pretrain" / f"s{s}", s in args.confirm_seeds or not args.adopt_from
+        out_jobs[f"recreate s{s}"] = (8 if own else 9, [f"pretrain s{s}"], runs.recreate,
+                                      (s, pre, rule, args.lr, scorer, args.tail_fm_steps if own else None))
         deps = [f"pretrain s{s}", f"start s{s}", "select", f"recreate s{s}"]
         for which in ("baseline", "variant"):
             out_jobs[f"sched {which} s{s}"] = (5, deps, branch_frozen,

@@ -89,9 +89,32 @@ def test_recreate_remakes_the_chunk_checkpoints_and_matches_the_committed_model(
     shutil.rmtree(pre / "run")  # another machine: the run folder was never committed
     got = runs.recreate(0, pre, rule, 1e-3, scorer)
     assert got["identical"] and got["max_abs_weight_diff"] == 0.0 and got["steps"] == 4
-    assert got["fd20_recreated"] == got["fd20_committed"]
+    assert got["fd20_recreated"] == got["fd20_original"]
     assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
     assert runs.recreate(0, pre, rule, 1e-3, scorer) == got  # done once, then read back
     shutil.rmtree(pre / "run")  # a committed recreated.json on a third machine: its checkpoints are made again
     assert runs.recreate(0, pre, rule, 1e-3, scorer) == got
     assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
+
+
+def test_recreate_to_the_branch_step_checks_it_against_the_pretraining_history(tmp_path):
+    """A seed pretrained by this study: re-created only to the branch step (`tail` before the end), whose
+    EMA scores exactly the FD@20 that plateau.json recorded there; a mismatch stops the job."""
+    import shutil
+    pre = tmp_path / "pretrain" / "s0"
+    rule = {"chunk": 2, "min_steps": 6, "max_steps": 6, "patience": 1, "tol": 0.02, "samples": 16}
+    scorer = {"samples": 16, "sample_steps": [2], "bias_samples": 8}
+    assert runs.pretrain(0, pre, rule, 1e-3, scorer)["stopped_at"] == 6
+    shutil.rmtree(pre / "run")
+    got = runs.recreate(0, pre, rule, 1e-3, scorer, tail=2)
+    assert got["steps"] == 4 and got["identical_fd"] and got["fd20_recreated"] == got["fd20_original"]
+    assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
+    assert runs.recreate(0, pre, rule, 1e-3, scorer, tail=2) == got  # then read back
+    with pytest.raises(ValueError, match="not a chunk checkpoint"):
+        runs.recreate(0, pre, rule, 1e-3, scorer, tail=1)
+    plateau = json.loads((pre / "plateau.json").read_text())
+    plateau["history"][1]["fd20"] *= 1.5  # a history the re-creation does not reproduce
+    runs.write_json(pre / "plateau.json", plateau)
+    (pre / "recreated.json").unlink()
+    with pytest.raises(RuntimeError, match="does not score as the original at step 4"):
+        runs.recreate(0, pre, rule, 1e-3, scorer, tail=2)
