@@ -245,7 +245,8 @@ def jobs(args, out: Path, cal: dict) -> dict:
         # pretraining was scored by this study's classifier, so the branch step is checked against its
         # history; the adopted seeds' histories were scored by v2's, so theirs are re-created to the end.
         pre, own = out / "pretrain" / f"s{s}", s in args.confirm_seeds or not args.adopt_from
-        out_jobs[f"recreate s{s}"] = (8 if own else 9, [f"pretrain s{s}"], runs.recreate,
+        first = [] if own else [f"pretrain s{c}" for c in args.confirm_seeds]  # else they take a worker at once
+        out_jobs[f"recreate s{s}"] = (8 if own else 9, [f"pretrain s{s}", *first], runs.recreate,
                                       (s, pre, rule, args.lr, scorer, args.tail_fm_steps if own else None))
         deps = [f"pretrain s{s}", f"start s{s}", "select", f"recreate s{s}"]
         for which in ("baseline", "variant"):
