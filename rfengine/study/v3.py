@@ -342,7 +342,8 @@ def summarize(args, out: Path, cal: dict) -> dict:
                "curves": {f"{v}_s{s}": r["curve"] for (v, s), r in ft.items()},
                "start_scores": {str(s): {k: v for k, v in sc.items() if k != "bias"} for s, sc in starts.items()},
                "recreated": {str(s): json.loads((out / "pretrain" / f"s{s}" / "recreated.json").read_text())
-                             for s in args.select_seeds if (out / "pretrain" / f"s{s}" / "recreated.json").is_file()}}
+                             for s in [*args.select_seeds, *args.confirm_seeds]
+                             if (out / "pretrain" / f"s{s}" / "recreated.json").is_file()}}
     runs.write_json(out / "summary.json", summary)
     write_report(summary, out)
     return summary

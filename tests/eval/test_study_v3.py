@@ -48,6 +48,8 @@ def test_v3_quick_end_to_end_choices_frozen_in_order_and_resume(tmp_path):
     b = s["scheduled"]
     assert b["variant_vs_baseline"]["confirm_seeds"] == [0, 1, 2]
     assert b["baseline_vs_fm_run"]["baseline"] == "fm_run"
+    rec = s["recreated"]  # every seed's branch step checked against what its pretraining recorded there
+    assert set(rec) == {"0", "1", "2"} and all(r["identical_fd"] for r in rec.values())
     report = (out / "report.md").read_text()
     assert "Step 1, the strongest baseline" in report and "**Headline**" in report and "Regime (b)" in report
     assert (out / "fd_vs_seconds.png").is_file()
