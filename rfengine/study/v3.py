@@ -17,8 +17,10 @@ and turned into step counts; paired seeds; the choice frozen before the confirma
      variant fine-tuned; the headline compares the variant with the baseline, `baseline_vs_fm` the
      baseline with uniform-t FM.
   4. Regime (b), scheduled: each seed's FM run branched `tail_fm_steps` FM-steps' seconds before its end
-     and continued with the baseline and with the variant (selection seeds: their chunk checkpoints
-     re-created first, and checked against the committed models).
+     and continued with the baseline and with the variant. Chunk checkpoints are not committed: where this
+     machine lacks them they are re-created first (confirmation seeds first), to the branch step and checked
+     against the FD@20 the pretraining recorded there; the adopted selection seeds, whose histories v2's
+     classifier scored, to the end and checked against the committed models.
 Output: results/digits_v3/{summary.json, report.md, fd_vs_seconds.png}.
 """
 from __future__ import annotations
