@@ -242,7 +242,7 @@ def jobs(args, out: Path, cal: dict) -> dict:
         return {j: v for j, v in out_jobs.items() if not j.startswith("recreate")}
     for s in [*args.select_seeds, *args.confirm_seeds]:
         # regime (b) branches from chunk checkpoints, which are not committed: on another machine (or for the
-        # adopted seeds) only a re-creation brings them back; where they are here it just checks the end.
+        # adopted seeds) only a re-creation brings them back; where they are here it only checks them.
         # The confirmation seeds first: their regime (b) pairs are the ones no choice has looked at. Their
         # pretraining was scored by this study's classifier, so the branch step is checked against its
         # history; the adopted seeds' histories were scored by v2's, so theirs are re-created to the end.
