@@ -222,10 +222,9 @@ def jobs(args, out: Path, cal: dict) -> dict:
     out_jobs["select"] = (0, [f"{f}@base s{s}" for s in args.select_seeds for f in args.fc_variants], select,
                           (out, args.fc_variants, args.select_seeds, args.sample_steps))
     if args.stop_after in ("baseline", "selection"):
-        keep = {j for j in out_jobs if not j.startswith("recreate")}
         if args.stop_after == "baseline":
-            keep = {j for j in keep if "@base" not in j and j != "select"}
-        return {j: out_jobs[j] for j in keep}
+            return {j: v for j, v in out_jobs.items() if "@base" not in j and j != "select"}
+        return out_jobs
     for s in args.confirm_seeds:
         pre = out / "pretrain" / f"s{s}"
         init = pre / "pretrained.safetensors"
@@ -239,7 +238,7 @@ def jobs(args, out: Path, cal: dict) -> dict:
             out_jobs[f"{which} s{s}"] = (1, [f"pretrain s{s}"], finetune_frozen,
                                          (out, which, s, init, steps, args.points, args.lr, scorer))
     if args.stop_after == "finetune":
-        return {j: v for j, v in out_jobs.items() if not j.startswith("recreate")}
+        return out_jobs
     for s in [*args.select_seeds, *args.confirm_seeds]:
         # regime (b) branches from chunk checkpoints, which are not committed: on another machine (or for the
         # adopted seeds) only a re-creation brings them back; where they are here it only checks them.
