@@ -72,8 +72,8 @@ def tables(summary: dict) -> str:
                 "|---|---|---|---|---|---|"]
         for s, r in rec.items():
             same = r.get("identical", r.get("identical_fd"))  # weights (to the end) or the FD (at the branch step)
-            out.append(f"| {s} | {r['steps']} | {r.get('checked_against', 'the committed pretrained.safetensors')} "
-                       f"| {same} | {r['fd20_recreated']:.2f} | {r.get('fd20_original', r.get('fd20_committed')):.2f} |")
+            out.append(f"| {s} | {r['steps']} | {r['checked_against']} | {same} | {r['fd20_recreated']:.2f} | "
+                       f"{r['fd20_original']:.2f} |")
     out += ["", f"## Per run (fine-tuning, {stats.SELECT_AT} Euler steps)", "",
             "| run | seed | steps | FD | precision | recall | energy gap |", "|---|---|---|---|---|---|---|"]
     for key, r in sorted(summary["finetunes"].items()):
