@@ -10,7 +10,7 @@ from rfengine.study.report import LABELS, _ratio_table, plot
 LABELS_V3 = {"fm": "FM, uniform t", "fm_ln": "FM, logit-normal t", "fm_snr": "FM, Min-SNR-5", "fm_cos": "FM + cosine loss",
              "fc_input": "FC, input-space bias", "fc_input_p0.5": "FC, input-space bias, rollout on 1/2",
              "fc_input_p0.25": "FC, input-space bias, rollout on 1/4", "fc_self": "FC, own error (self)",
-             "fc_self_nomask": "FC, own error, no low-pass", "fm_run": "the FM run to its end"}
+             "fc_self_nomask": "FC, own error, no low-pass"}
 
 
 def label(v: str) -> str:
@@ -63,17 +63,26 @@ def tables(summary: dict) -> str:
         sch = summary.get("scheduled") or {}
         out += ["", f"## Regime (b), scheduled: the FM run continued for its last {sch.get('tail_fm_steps')} FM steps' "
                 "seconds with the baseline or the variant"]
+        out += ["", "Both arms of a pair continue the same chunk checkpoint (the SHA-256 of its weights recorded in "
+                "each branch); a pair whose arms started from different re-creations is left out and named."]
         out += _paired(sch.get("variant_vs_baseline"), steps, "The variant against the baseline's tail")
-        out += _paired(sch.get("baseline_vs_fm_run"), steps, "The baseline's tail against the FM run to its end")
+        out += _paired(sch.get("baseline_vs_fm"), steps, "The baseline's tail against uniform-t FM's tail")
+        for block in (sch.get("variant_vs_baseline"), sch.get("baseline_vs_fm")):
+            if block and block.get("excluded"):
+                out += ["", f"Left out of {label(block['variant'])} vs {label(block['baseline'])} (arms from different "
+                        f"checkpoints): seeds {block['excluded']}."]
     rec = summary.get("recreated") or {}
     if rec:
         out += ["", "## Re-created FM runs (their chunk checkpoints, for regime (b))", "",
-                "| seed | re-created to step | checked against | identical | FD@20 re-created | FD@20 original |",
-                "|---|---|---|---|---|---|"]
+                "A re-creation on another machine is not always bit-identical; the miss is the relative FD@20 "
+                "difference (a re-creation beyond 10% stops the study as a broken one).", "",
+                "| seed | re-created to step | checked against | identical | FD@20 re-created | FD@20 original | miss |",
+                "|---|---|---|---|---|---|---|"]
         for s, r in rec.items():
             same = r.get("identical", r.get("identical_fd"))  # weights (to the end) or the FD (at the branch step)
+            miss = r["fd20_recreated"] / r["fd20_original"] - 1
             out.append(f"| {s} | {r['steps']} | {r['checked_against']} | {same} | {r['fd20_recreated']:.2f} | "
-                       f"{r['fd20_original']:.2f} |")
+                       f"{r['fd20_original']:.2f} | {miss:+.1%} |")
     out += ["", f"## Per run (fine-tuning, {stats.SELECT_AT} Euler steps)", "",
             "| run | seed | steps | FD | precision | recall | energy gap |", "|---|---|---|---|---|---|---|"]
     for key, r in sorted(summary["finetunes"].items()):

@@ -204,49 +204,6 @@ def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict)
     return state
 
 
-def recreate(seed: int, pre: Path, rule: dict, lr: float, scorer_args: dict, tail: int | None = None) -> dict:
-    """The chunk checkpoints of seed `seed`'s FM pretraining run, made again on this machine (run folders
-    are not committed): the same run, chunk by chunk, keeping every chunk checkpoint for the regime (b)
-    branches, and checked (`recreated.json`; a re-creation that does not score as the original stops the
-    job with both numbers). With `tail` (a pretraining scored by this study's classifier), only to the
-    branch step `tail` steps before its end, whose EMA must score FD@20 as `plateau.json` recorded it then:
-    the model the branches start from is the one checked, and the tail is not trained for nothing.
-    Without it (a history scored by another study's classifier), to where the run stopped, compared with
-    the committed `pretrained.safetensors` weight for weight and by FD@20."""
-    result_path = pre / "recreated.json"
-    plateau = json.loads((pre / "plateau.json").read_text())
-    upto = plateau["stopped_at"] - (tail or 0)
-    steps = range(rule["chunk"], upto + 1, rule["chunk"])
-    chunks = [checkpoint.checkpoint_path(pre / "run" / "checkpoints", s) for s in steps]
-    if tail is not None and upto not in steps:
-        raise ValueError(f"recreate s{seed}: the branch step {upto} is not a chunk checkpoint (chunk {rule['chunk']})")
-    if result_path.is_file() and all(c.is_file() for c in chunks):
-        done = json.loads(result_path.read_text())
-        if done["steps"] >= upto:
-            return done
-    # a committed recreated.json without its chunk checkpoints (another machine): made again and checked again
-    for step, path in zip(steps, chunks):
-        if not path.is_file():
-            train("fm", seed, pre / "run", step, rule["chunk"], [f"optim.lr={lr}"], start=step - rule["chunk"])
-    scorer = Scorer(**scorer_args)
-    fd_made = scorer.fd(load(chunks[-1]), 20, rule["samples"])
-    result = {"seed": seed, "steps": upto, "samples": rule["samples"], "fd20_recreated": fd_made}
-    if tail is not None:
-        fd_then = {h["step"]: h["fd20"] for h in plateau["history"]}[upto]
-        result.update(checked_against="plateau.json's FD@20 at the branch step", fd20_original=fd_then,
-                      identical_fd=fd_made == fd_then)
-    else:
-        from safetensors.torch import load_file
-        made, committed = load_file(pre / "run" / "ema.safetensors"), load_file(pre / "pretrained.safetensors")
-        diff = max(float((made[k].float() - committed[k].float()).abs().max()) for k in committed)
-        fd_then = scorer.fd(load(pre / "pretrained.safetensors"), 20, rule["samples"])
-        result.update(checked_against="the committed pretrained.safetensors", fd20_original=fd_then,
-                      identical=diff == 0.0, max_abs_weight_diff=diff)
-    if abs(fd_made / fd_then - 1) > 0.01:
-        raise RuntimeError(f"recreate s{seed}: the re-created FM run does not score as the original at step {upto} "
-                           f"(FD@20 {fd_made:.3f} vs {fd_then:.3f})")
-    write_json(result_path, result)
-    return result
 
 
 def finetune(variant: str, seed: int, run_dir: Path, init: Path, steps: int, points: int, lr: float,
@@ -268,13 +225,13 @@ def finetune(variant: str, seed: int, run_dir: Path, init: Path, steps: int, poi
     meta = json.loads((run_dir / "run" / "summary.json").read_text())
     head = {"variant": variant, "seed": seed, "steps": steps, "cpu_seconds_measured": cpu,
             "wall_seconds": meta["seconds"], "curve": curve}
-    result = _score_final(run_dir, head, scorer)
+    result = score_final(run_dir, head, scorer)
     result["curve"].append({"step": steps, "fd20": result["by_steps"]["20"]["fd"]})  # the end of the curve
     write_json(result_path, result)
     return result
 
 
-def _score_final(run_dir: Path, head: dict, scorer: "Scorer") -> dict:
+def score_final(run_dir: Path, head: dict, scorer: "Scorer") -> dict:
     """`head` and the full score of the run's final EMA; the run's step checkpoints are deleted (the
     caller writes the result)."""
     result = {**head, **scorer.full(load(run_dir / "run" / "ema.safetensors"))}
@@ -283,29 +240,6 @@ def _score_final(run_dir: Path, head: dict, scorer: "Scorer") -> dict:
     return result
 
 
-def branch(variant: str, seed: int, run_dir: Path, pre: Path, tail: int, steps: int, lr: float,
-           scorer_args: dict) -> dict:
-    """Regime (b), scheduled: seed `seed`'s FM pretraining run, switched to `variant` for its last
-    part. From the run's chunk checkpoint `tail` FM steps before it stopped (its optimizer state and
-    data position), `steps` steps of `variant` (`objective.start` at the branch: the same seconds as
-    the `tail` FM steps); the FM run itself, to where it stopped, is the baseline. The EMA is scored."""
-    result_path = run_dir / "scores.json"
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
-    end = json.loads((pre / "plateau.json").read_text())["stopped_at"]
-    at = end - tail
-    ckpt = checkpoint.checkpoint_path(pre / "run" / "checkpoints", at)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"scheduled {variant} s{seed}: no FM checkpoint at step {at} ({ckpt}); the "
-                                "pretraining's chunk checkpoints are kept on the machine that ran it")
-    switch = [] if is_fm(variant) else [f"objective.start={at}"]  # an FM baseline's tail has no switch to make
-    cpu = train(variant, seed, run_dir / "run", at + steps, steps, [f"optim.lr={lr}", *switch],
-                start=at, branch_from=ckpt)
-    result = _score_final(run_dir, {"regime": "scheduled", "variant": variant, "seed": seed, "branch_step": at,
-                                    "end_step": end, "steps": steps, "fm_steps": tail, "cpu_seconds_measured": cpu},
-                          Scorer(**scorer_args))
-    write_json(result_path, result)
-    return result
 
 
 def chosen(out: Path) -> str:
@@ -313,10 +247,6 @@ def chosen(out: Path) -> str:
     return json.loads((out / "selection.json").read_text())["variant"]
 
 
-def branch_chosen(out: Path, seed: int, pre: Path, tail: int, steps: dict, lr: float, scorer_args: dict) -> dict:
-    """`branch` with the variant frozen in selection.json."""
-    variant = chosen(out)
-    return branch(variant, seed, out / "scheduled" / f"{variant}_s{seed}", pre, tail, steps[variant], lr, scorer_args)
 
 
 def scratch(variant: str, seed: int, run_dir: Path, pre: Path, cost: dict, lr: float, scorer_args: dict) -> dict:
@@ -329,7 +259,7 @@ def scratch(variant: str, seed: int, run_dir: Path, pre: Path, cost: dict, lr: f
     end = json.loads((pre / "plateau.json").read_text())["stopped_at"]
     steps = max(1, round(end * cost["fm"] / cost[variant]))
     cpu = train(variant, seed, run_dir / "run", steps, max(1, steps // 4), [f"optim.lr={lr}"])
-    result = _score_final(run_dir, {"regime": "scratch", "variant": variant, "seed": seed, "steps": steps,
+    result = score_final(run_dir, {"regime": "scratch", "variant": variant, "seed": seed, "steps": steps,
                                     "fm_steps": end, "cpu_seconds_measured": cpu}, Scorer(**scorer_args))
     write_json(result_path, result)
     return result

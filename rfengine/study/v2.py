@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rfengine import checkpoint
-from rfengine.study import runs, stats
+from rfengine.study import runs, schedule, stats
 from rfengine.study.pool import Pool
 
 log = logging.getLogger("rfengine")
@@ -142,7 +142,7 @@ def seed_jobs(args, out: Path, seed: int, cal: dict, confirm: bool = False) -> d
 
 
 def scheduled_jobs(args, out: Path, cal: dict) -> dict:
-    """Regime (b) on every seed whose FM run keeps its checkpoint at the branch (`runs.branch`): the
+    """Regime (b) on every seed whose FM run keeps its checkpoint at the branch (`schedule.branch`): the
     chosen variant (after the choice) and the others named. A seed pretrained before its chunk
     checkpoints were kept is left out, and the log says so."""
     cost = cal["cpu_seconds_per_step"]
@@ -160,10 +160,10 @@ def scheduled_jobs(args, out: Path, cal: dict) -> dict:
         deps = [f"pretrain s{seed}", f"start s{seed}", "select"]
         for v in args.scheduled_variants:
             if v == "chosen":
-                jobs[f"sched chosen s{seed}"] = (5, deps, runs.branch_chosen,
+                jobs[f"sched chosen s{seed}"] = (5, deps, schedule.branch_chosen,
                                                  (out, seed, pre, args.tail_fm_steps, steps, args.lr, scorer))
             else:
-                jobs[f"sched {v} s{seed}"] = (5, deps, runs.branch, (v, seed, out / "scheduled" / f"{v}_s{seed}", pre,
+                jobs[f"sched {v} s{seed}"] = (5, deps, schedule.branch, (v, seed, out / "scheduled" / f"{v}_s{seed}", pre,
                                                                      args.tail_fm_steps, steps[v], args.lr, scorer))
     return jobs
 

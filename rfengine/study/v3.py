@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 
-from rfengine.study import runs, stats
+from rfengine.study import runs, schedule, stats
 from rfengine.study.pool import Pool
 from rfengine.study.v2 import calibrate
 
@@ -185,10 +185,21 @@ def finetune_frozen(out: Path, which: str, seed: int, init: Path, steps: dict, p
 
 
 def branch_frozen(out: Path, which: str, seed: int, tail: int, steps: dict, lr: float, scorer_args: dict) -> dict:
-    """Regime (b) with the frozen `baseline` or `variant`."""
-    v = json.loads((out / "selection.json").read_text())[which]
-    return runs.branch(v, seed, out / "scheduled" / f"{v}_s{seed}", out / "pretrain" / f"s{seed}", tail, steps[v],
-                       lr, scorer_args)
+    """Regime (b) with the frozen `baseline` or `variant`, or uniform-t FM (`fm`, the baseline's own
+    reference: the same seconds of the FM run it branched from)."""
+    v = "fm" if which == "fm" else json.loads((out / "selection.json").read_text())[which]
+    return schedule.branch(v, seed, out / "scheduled" / f"{v}_s{seed}", out / "pretrain" / f"s{seed}", tail,
+                           steps[v], lr, scorer_args)
+
+
+def pair_done(out: Path, seed: int) -> bool:
+    """Whether seed `seed`'s regime (b) baseline and variant branches are finished from the same checkpoint."""
+    sel = out / "selection.json"
+    if not sel.is_file():
+        return False
+    chosen, done = json.loads(sel.read_text()), runs.finetune_results(out, "scheduled")
+    pair = [done.get((chosen[w], seed)) for w in ("baseline", "variant")]
+    return None not in pair and schedule.same_start(*pair)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,14 +256,20 @@ def jobs(args, out: Path, cal: dict) -> dict:
         # The confirmation seeds first: their regime (b) pairs are the ones no choice has looked at. Their
         # pretraining was scored by this study's classifier, so the branch step is checked against its
         # history; the adopted seeds' histories were scored by v2's, so theirs are re-created to the end.
+        # A seed whose baseline and variant branches are done from one checkpoint is not re-created again
+        # (a re-creation here may come out differently, and would make both run again); its uniform-t FM
+        # tail, the lowest priority, is then left out.
         pre, own = out / "pretrain" / f"s{s}", s in args.confirm_seeds or not args.adopt_from
+        if pair_done(out, s):
+            continue
         first = [] if own else [f"pretrain s{c}" for c in args.confirm_seeds]  # else they take a worker at once
-        out_jobs[f"recreate s{s}"] = (8 if own else 9, [f"pretrain s{s}", *first], runs.recreate,
+        out_jobs[f"recreate s{s}"] = (8 if own else 10, [f"pretrain s{s}", *first], schedule.recreate,
                                       (s, pre, rule, args.lr, scorer, args.tail_fm_steps if own else None))
         deps = [f"pretrain s{s}", f"start s{s}", "select", f"recreate s{s}"]
-        for which in ("baseline", "variant"):
-            out_jobs[f"sched {which} s{s}"] = (5, deps, branch_frozen,
-                                               (out, which, s, args.tail_fm_steps, tail, args.lr, scorer))
+        for which in ("baseline", "variant", "fm"):  # fm after the baseline: the same run when it is fm
+            out_jobs[f"sched {which} s{s}"] = (9 if which == "fm" else 5,
+                                               deps + ([f"sched baseline s{s}"] if which == "fm" else []),
+                                               branch_frozen, (out, which, s, args.tail_fm_steps, tail, args.lr, scorer))
     return out_jobs
 
 
@@ -317,7 +334,7 @@ def summarize(args, out: Path, cal: dict) -> dict:
     starts = {s: json.loads((out / "pretrain" / f"s{s}" / "scores.json").read_text())
               for s in [*args.select_seeds, *args.confirm_seeds] if (out / "pretrain" / f"s{s}" / "scores.json").is_file()}
     headline = vs_fm = None
-    scheduled = {"tail_fm_steps": args.tail_fm_steps, "variant_vs_baseline": None, "baseline_vs_fm_run": None}
+    scheduled = {"tail_fm_steps": args.tail_fm_steps, "variant_vs_baseline": None, "baseline_vs_fm": None}
     if sel:
         variant = sel["variant"]
         headline = paired(ft, variant, base, args.confirm_seeds, "finetune", cost, args.sample_steps)
@@ -325,11 +342,14 @@ def summarize(args, out: Path, cal: dict) -> dict:
         for block in (headline, vs_fm):
             if block is not None:
                 block["complete"] = block["confirm_seeds"] == list(args.confirm_seeds)
-        run_end = {**runs.finetune_results(out, "scheduled"), **{("fm_run", s): sc for s, sc in starts.items()}}
-        seeds, cost_b = [*args.select_seeds, *args.confirm_seeds], {**cost, "fm_run": cost["fm"]}
-        scheduled.update(variant_vs_baseline=paired(run_end, variant, base, seeds, "scheduled", cost_b, args.sample_steps),
-                         baseline_vs_fm_run=paired(run_end, base, "fm_run", seeds, "scheduled", cost_b,
-                                                   args.sample_steps))
+        sched, seeds = runs.finetune_results(out, "scheduled"), [*args.select_seeds, *args.confirm_seeds]
+        for key, (v, b) in (("variant_vs_baseline", (variant, base)), ("baseline_vs_fm", (base, "fm"))):
+            same = [s for s in seeds if (v, s) in sched and (b, s) in sched and schedule.same_start(sched[v, s], sched[b, s])]
+            block = paired({k: r for k, r in sched.items() if k[1] in same}, v, b, seeds, "scheduled", cost,
+                           args.sample_steps) if b != v else None
+            if block is not None:  # both arms of every pair from one checkpoint; the pairs that were not are named
+                block["excluded"] = [s for s in seeds if (v, s) in sched and (b, s) in sched and s not in same]
+            scheduled[key] = block
     floors = flop_floors(dict.fromkeys([*args.baselines, *(on_top(f, base) for f in args.fc_variants)]))
     summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS}, "calibration": cal,
                "baseline_choice": json.loads((out / "baseline.json").read_text()), "selection": sel,

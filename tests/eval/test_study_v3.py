@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rfengine.eval import DigitsFeatures
-from rfengine.study import runs, v3
+from rfengine.study import runs, schedule, v3
 
 
 def test_v3_quick_end_to_end_choices_frozen_in_order_and_resume(tmp_path):
@@ -47,9 +47,17 @@ def test_v3_quick_end_to_end_choices_frozen_in_order_and_resume(tmp_path):
     assert costs[v3.on_top("fc_self", sel["baseline"])]["flop_floor_vs_fm"] == 1.0
     b = s["scheduled"]
     assert b["variant_vs_baseline"]["confirm_seeds"] == [0, 1, 2]
-    assert b["baseline_vs_fm_run"]["baseline"] == "fm_run"
+    assert b["variant_vs_baseline"]["excluded"] == []
+    if sel["baseline"] != "fm":  # the baseline's tail against uniform-t FM's tail from the same checkpoint
+        assert b["baseline_vs_fm"]["baseline"] == "fm" and b["baseline_vs_fm"]["confirm_seeds"] == [0, 1, 2]
+    else:
+        assert b["baseline_vs_fm"] is None
     rec = s["recreated"]  # every seed's branch step checked against what its pretraining recorded there
-    assert set(rec) == {"0", "1", "2"} and all(r["identical_fd"] for r in rec.values())
+    assert set(rec) == {"0", "1", "2"} and all(r["identical_fd"] and r["miss"] == 0 for r in rec.values())
+    for seed in (0, 1, 2):  # every branch records the checkpoint it started from: the re-created one
+        for v in {sel["baseline"], sel["variant"], "fm"}:
+            got = json.loads((out / "scheduled" / f"{v}_s{seed}" / "scores.json").read_text())["branch_from"]
+            assert got == rec[str(seed)]["branch_from"] and len(got["sha256"]) == 64
     report = (out / "report.md").read_text()
     assert "Step 1, the strongest baseline" in report and "**Headline**" in report and "Regime (b)" in report
     assert (out / "fd_vs_seconds.png").is_file()
@@ -80,7 +88,7 @@ def test_the_baseline_is_fm_when_none_beats_it(tmp_path):
 
 
 def test_recreate_remakes_the_chunk_checkpoints_and_matches_the_committed_model(tmp_path):
-    """Regime (b) branches from chunk checkpoints that are not committed: `runs.recreate` trains the seed's FM
+    """Regime (b) branches from chunk checkpoints that are not committed: `schedule.recreate` trains the seed's FM
     run again chunk by chunk and checks the result against the committed pretrained model, weight for weight."""
     import shutil
     pre = tmp_path / "pretrain" / "s0"
@@ -89,13 +97,13 @@ def test_recreate_remakes_the_chunk_checkpoints_and_matches_the_committed_model(
     state = runs.pretrain(0, pre, rule, 1e-3, scorer)
     assert state["stopped_at"] == 4
     shutil.rmtree(pre / "run")  # another machine: the run folder was never committed
-    got = runs.recreate(0, pre, rule, 1e-3, scorer)
+    got = schedule.recreate(0, pre, rule, 1e-3, scorer)
     assert got["identical"] and got["max_abs_weight_diff"] == 0.0 and got["steps"] == 4
     assert got["fd20_recreated"] == got["fd20_original"]
     assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
-    assert runs.recreate(0, pre, rule, 1e-3, scorer) == got  # done once, then read back
+    assert schedule.recreate(0, pre, rule, 1e-3, scorer) == got  # done once, then read back
     shutil.rmtree(pre / "run")  # a committed recreated.json on a third machine: its checkpoints are made again
-    assert runs.recreate(0, pre, rule, 1e-3, scorer) == got
+    assert schedule.recreate(0, pre, rule, 1e-3, scorer) == got
     assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
 
 
@@ -108,15 +116,56 @@ def test_recreate_to_the_branch_step_checks_it_against_the_pretraining_history(t
     scorer = {"samples": 16, "sample_steps": [2], "bias_samples": 8}
     assert runs.pretrain(0, pre, rule, 1e-3, scorer)["stopped_at"] == 6
     shutil.rmtree(pre / "run")
-    got = runs.recreate(0, pre, rule, 1e-3, scorer, tail=2)
+    got = schedule.recreate(0, pre, rule, 1e-3, scorer, tail=2)
     assert got["steps"] == 4 and got["identical_fd"] and got["fd20_recreated"] == got["fd20_original"]
     assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
-    assert runs.recreate(0, pre, rule, 1e-3, scorer, tail=2) == got  # then read back
+    assert schedule.recreate(0, pre, rule, 1e-3, scorer, tail=2) == got  # then read back
     with pytest.raises(ValueError, match="not a chunk checkpoint"):
-        runs.recreate(0, pre, rule, 1e-3, scorer, tail=1)
+        schedule.recreate(0, pre, rule, 1e-3, scorer, tail=1)
     plateau = json.loads((pre / "plateau.json").read_text())
     plateau["history"][1]["fd20"] *= 1.5  # a history the re-creation does not reproduce
     runs.write_json(pre / "plateau.json", plateau)
     (pre / "recreated.json").unlink()
     with pytest.raises(RuntimeError, match="does not score as the original at step 4"):
-        runs.recreate(0, pre, rule, 1e-3, scorer, tail=2)
+        schedule.recreate(0, pre, rule, 1e-3, scorer, tail=2)
+    plateau["history"][1]["fd20"] = got["fd20_original"] * 1.05  # a machine's difference, not a broken run
+    runs.write_json(pre / "plateau.json", plateau)
+    near = schedule.recreate(0, pre, rule, 1e-3, scorer, tail=2)
+    assert not near["identical_fd"] and near["miss"] == pytest.approx(1 / 1.05 - 1)
+    assert near["branch_from"]["step"] == 4 and near["branch_from"]["fd20"] == got["fd20_recreated"]
+
+
+def test_a_branch_is_run_again_when_its_checkpoint_here_has_other_weights(tmp_path):
+    """Re-creations on different machines differ: a finished branch made from other weights than the
+    checkpoint this machine holds is run again, and two branches pair only when they recorded one start."""
+    import shutil
+    pre = tmp_path / "pretrain" / "s0"
+    rule = {"chunk": 2, "min_steps": 6, "max_steps": 6, "patience": 1, "tol": 0.02, "samples": 16}
+    scorer = {"samples": 16, "sample_steps": [2], "bias_samples": 8}
+    assert runs.pretrain(0, pre, rule, 1e-3, scorer)["stopped_at"] == 6
+    first = schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, 1e-3, scorer)
+    again = schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, 1e-3, scorer)
+    assert again == first and first["branch_from"]["step"] == 4  # done once, then read back
+    assert schedule.same_start(first, again) and not schedule.same_start(first, {"branch_from": None})
+    ckpts = pre / "run" / "checkpoints"
+    shutil.copyfile(runs.checkpoint.checkpoint_path(ckpts, 2), runs.checkpoint.checkpoint_path(ckpts, 4))
+    redone = schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, 1e-3, scorer)
+    assert redone["branch_from"]["sha256"] != first["branch_from"]["sha256"]
+    assert not schedule.same_start(first, redone)
+    legacy = {k: v for k, v in redone.items() if k != "branch_from"}  # recorded before identities existed
+    runs.write_json(tmp_path / "b" / "scores.json", legacy)
+    assert schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, 1e-3, scorer) == legacy  # kept
+    assert not schedule.same_start(legacy, legacy)
+
+
+def test_a_seed_is_not_recreated_when_its_pair_started_from_one_checkpoint(tmp_path):
+    runs.write_json(tmp_path / "selection.json", {"baseline": "fm_ln", "variant": "fc_input@fm_ln"})
+    start = {"step": 4, "sha256": "a" * 64, "fd20": 20.0}
+    for v, sha in (("fm_ln", "a"), ("fc_input@fm_ln", "a"), ("fm_ln", "b"), ("fc_input@fm_ln", "c")):
+        seed = 0 if sha == "a" else 1
+        (tmp_path / "scheduled" / f"{v}_s{seed}").mkdir(parents=True)
+        runs.write_json(tmp_path / "scheduled" / f"{v}_s{seed}" / "scores.json",
+                        {"variant": v, "seed": seed, "branch_from": {**start, "sha256": sha * 64}})
+    assert v3.pair_done(tmp_path, 0)
+    assert not v3.pair_done(tmp_path, 1)  # the arms started from different re-creations: both made again
+    assert not v3.pair_done(tmp_path, 2)  # nothing yet
