@@ -52,6 +52,10 @@ class ADRConfig:
     steps: int = _bound(1, ge=1)
     pairing: Literal["grid", "uniform"] = "grid"
     infer_steps: int = _bound(10, ge=1)
+    # The rollout matched to a sampler (objective docs, "rollouts matched to a sampler"): its integrator
+    # (heun: two no-grad forwards a step) and its grid's time shift (`rfengine.flow.shift_time`); grid pairing only.
+    integrator: Literal["euler", "heun"] = "euler"
+    shift: float = _bound(1.0, gt=0.0)
     prob: float = _bound(1.0, ge=0.0, le=1.0)
     loss: Literal["x1", "mse", "direction"] = "x1"
     weight: float = _bound(1.0, ge=0.0)
@@ -143,7 +147,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     """Sampler used for the grids written during training (and the sampling CLI's defaults)."""
-    method: Literal["euler", "heun"] = "euler"
+    method: Literal["euler", "heun", "dpmpp2m", "ab2"] = "euler"
     steps: int = _bound(50, ge=1)
     cfg_scale: float = _bound(1.0, ge=0.0)
     shift: float = _bound(1.0, gt=0.0)

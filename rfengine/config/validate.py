@@ -89,6 +89,10 @@ def _cross_checks(cfg: Config) -> None:
     """Rules that span several keys."""
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {list(cfg.optim.betas)}")
+    adr = cfg.objective.adr
+    if adr.shift != 1.0 and adr.pairing != "grid":
+        raise ConfigError(f"objective.adr.shift: {adr.shift:g} shifts the sampler's grid, which only "
+                          "objective.adr.pairing=grid follows; use pairing=grid or shift=1")
     if cfg.data.name in ("folder", "latents") and not cfg.data.path:
         raise ConfigError(f"data.path: required for data.name={cfg.data.name!r}")
     if cfg.train.init_from and not Path(cfg.train.init_from).exists():

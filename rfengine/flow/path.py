@@ -37,3 +37,11 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
         raise ValueError(f"shift: expected > 0, got {shift}")
     sigma = 1 - t
     return 1 - shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def unshift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """The inverse of `shift_time`: the uniform-grid time that `shift_time(., shift)` maps to t."""
+    if shift <= 0:
+        raise ValueError(f"shift: expected > 0, got {shift}")
+    sigma = 1 - t
+    return 1 - sigma / (shift - (shift - 1) * sigma)

@@ -1,5 +1,5 @@
 """Samplers for the velocity field, integrating forward in t from noise (t = 0) to data (t = 1):
-Euler and Heun on a (shifted) uniform grid, SiT's SDE sampler (Euler-Maruyama with a diffusion
+Euler, Heun, DPM-Solver++(2M) and two-step Adams-Bashforth on a (shifted) uniform grid, SiT's SDE sampler (Euler-Maruyama with a diffusion
 coefficient and a last step), the adaptive dopri5 ODE solver (torchdiffeq, optional), and
 classifier-free guidance as DiT/SiT apply it (optionally on the first channels only, optionally only
 inside a time interval).
@@ -15,6 +15,21 @@ SDE (SiT's convention for the linear path and a velocity model; SiT: transport/,
             --num-sampling-steps does.
   noise     one torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) per
             stochastic step, in step order (a documented contract: the same seed gives the same samples).
+
+DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2: multistep, second order, data prediction)
+on the linear path, alpha_t = t, sigma_t = 1 - t, lambda_t = log(t/(1 - t)), one model call per step.
+The data prediction is D = x + (1 - t) v. Its first-order step (DDIM) on this path is exactly the Euler
+step x + (t' - t) v; the second-order step replaces D by D + (D - D_prev)/(2r), r = h_prev/h in lambda,
+which in velocity form is
+  x' = x + (t' - t) * (v + (D - D_prev) / (2 r (1 - t))).
+As in the paper (and k-diffusion's `sample_dpmpp_2m`), the first step has no previous prediction and the
+last step (to t = 1, lambda = +inf) is first order; the second step's r is infinite (lambda = -inf at
+t = 0), so its correction vanishes: the correction acts from the third of `steps` steps on (with 3 steps
+or fewer it is Euler).
+
+Two-step Adams-Bashforth (`ab2`; the variable-step form, as DEIS/iPNDM use it in t for few-step sampling),
+one model call per step, first step Euler:
+  x' = x + h * ((1 + h/(2 h_prev)) v - h/(2 h_prev) v_prev).
 """
 from __future__ import annotations
 
@@ -27,7 +42,9 @@ import torch
 from rfengine.flow.path import expand_t, shift_time
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-METHODS = ("euler", "heun", "sde", "dopri5")
+METHODS = ("euler", "heun", "dpmpp2m", "ab2", "sde", "dopri5")
+FIXED_GRID = ("euler", "heun", "dpmpp2m", "ab2")
+CALLS_PER_STEP = {"euler": 1, "heun": 2, "dpmpp2m": 1, "ab2": 1}
 DIFFUSIONS = ("sigma", "SBDM", "constant", "linear")
 LAST_STEPS = ("mean", "euler", "none")
 
@@ -188,7 +205,8 @@ def integrate(fn: VelocityFn, x: torch.Tensor, y: torch.Tensor | None, *, steps:
               atol: float = 1e-6, rtol: float = 1e-3, stats: dict | None = None, noise_fn=None):
     """Integrate from noise x (B, ...) at t = 0 to t = 1 with `fn(x, t, y)`.
 
-    euler / heun: `steps` steps on the (shifted) uniform grid; with `return_path` the steps + 1 states.
+    euler / heun / dpmpp2m / ab2: `steps` steps on the (shifted) uniform grid (model calls: `steps`, except
+    2*steps for heun); with `return_path` the steps + 1 states.
     sde: SiT's Euler-Maruyama sampler (module docstring), noise from `generator`; `steps` model calls.
     dopri5: adaptive Runge-Kutta 4(5) (torchdiffeq) with `atol`/`rtol` (SiT's defaults 1e-6/1e-3);
     the number of function evaluations goes to `stats["nfe"]`.
@@ -198,28 +216,58 @@ def integrate(fn: VelocityFn, x: torch.Tensor, y: torch.Tensor | None, *, steps:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     if method == "sde":
         if return_path:
-            raise ValueError("return_path: only for the fixed-grid euler and heun")
+            raise ValueError("return_path: only for the fixed-grid samplers (euler, heun, dpmpp2m, ab2)")
         return _sde(fn, x, y, steps=steps, generator=generator, diffusion=diffusion, diffusion_norm=diffusion_norm,
                     last_step=last_step, last_step_size=last_step_size, sample_eps=sample_eps, noise_fn=noise_fn)
     if method == "dopri5":
         if return_path:
-            raise ValueError("return_path: only for the fixed-grid euler and heun")
+            raise ValueError("return_path: only for the fixed-grid samplers (euler, heun, dpmpp2m, ab2)")
         return _dopri5(fn, x, y, atol=atol, rtol=rtol, stats=stats)
     times = time_grid(steps, shift).tolist()
     path = [x]
     b = x.shape[0]
+    prev = None  # the multistep samplers' memory of the step before
+
+    def vel(x, t: float):
+        return _at(fn, t)(x, torch.full((b,), t, dtype=x.dtype, device=x.device), y).to(x.dtype)
+
     for i in range(steps):
         t0, t1 = times[i], times[i + 1]
         h = t1 - t0
-        v0 = _at(fn, t0)(x, torch.full((b,), t0, dtype=x.dtype, device=x.device), y).to(x.dtype)
+        v0 = vel(x, t0)
         if method == "euler":
             x = x + h * v0
-        else:
-            x_pred = x + h * v0
-            v1 = _at(fn, t1)(x_pred, torch.full((b,), t1, dtype=x.dtype, device=x.device), y).to(x.dtype)
+        elif method == "heun":
+            v1 = vel(x + h * v0, t1)
             x = x + h * 0.5 * (v0 + v1)
+        elif method == "ab2":
+            v_eff = v0 if prev is None else v0 + (h / (2 * prev[1])) * (v0 - prev[0])
+            x, prev = x + h * v_eff, (v0, h)
+        else:
+            x, prev = _dpmpp2m_step(x, v0, t0, t1, prev)
         if return_path:
             path.append(x)
     if stats is not None:
-        stats["nfe"] = steps * (2 if method == "heun" else 1)
+        stats["nfe"] = steps * CALLS_PER_STEP[method]
     return path if return_path else x
+
+
+def _lam(t: float) -> float:
+    """lambda = log(alpha/sigma) = log(t/(1 - t)) on the linear path; -inf at t = 0, +inf at t = 1."""
+    if t <= 0.0:
+        return -math.inf
+    if t >= 1.0:
+        return math.inf
+    return math.log(t / (1.0 - t))
+
+
+def _dpmpp2m_step(x: torch.Tensor, v: torch.Tensor, t0: float, t1: float, prev):
+    """One DPM-Solver++(2M) step from t0 to t1 (module docstring) given v = v(x, t0) and `prev` = (D_prev,
+    h_prev) of the step before (None on the first); returns the new state and this step's (D, h)."""
+    d = x + (1.0 - t0) * v  # the data prediction at t0
+    lam_h = _lam(t1) - _lam(t0)
+    v_eff = v
+    if prev is not None and t1 < 1.0 and math.isfinite(prev[1]):  # first order on the first and the last step
+        r = prev[1] / lam_h
+        v_eff = v + (d - prev[0]) / (2.0 * r * (1.0 - t0))
+    return x + (t1 - t0) * v_eff, (d, lam_h)

@@ -1,8 +1,14 @@
-"""The ADR rollout shared by ReflexFlow and scheduled sampling (SPEC section 3, steps 1-3).
+"""The ADR rollout shared by ReflexFlow and scheduled sampling (SPEC section 3, steps 1-3, and 4.3).
 
-For FM times t, pick earlier start times s, take K Euler steps of the current model from the true
-state x_s to reach the model's own state xhat at t, and fuse the last step with the rectified
-target uhat = (x1 - xhat)/max(1 - t, eps) and the input-space bias delta_x = xhat - x_t.
+For FM times t, pick earlier start times s, take K steps of the current model from the true state x_s
+to reach the model's own state xhat at t, and fuse the last step's update with the rectified target
+uhat = (x1 - xhat)/max(1 - t, eps) and the input-space bias delta_x = xhat - x_t.
+
+The steps are those of the sampler the rollout is matched to (`adr.integrator`, `adr.infer_steps`,
+`adr.shift`): Euler, or Heun (v1 = v(x_a, a), v2 = v(x_a + h v1, b), x_b = x_a + h (v1 + v2)/2: two no-grad
+forwards a step), on the grid of `infer_steps` steps shifted by `shift_time(., shift)`. The last step's
+update goes through the fused op with the step's effective velocity (v1, or (v1 + v2)/2), so xhat, uhat
+and delta_x keep their definitions; Heun's extra evaluation happens before it.
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
-from rfengine.flow import expand_t, interpolate
+from rfengine.flow import expand_t, interpolate, shift_time, unshift_time
 
 
 @dataclass
@@ -45,12 +51,18 @@ def rolled_count(batch: int, prob: float) -> int:
 def pair_times(t: torch.Tensor, adr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Start times s <= t for the rollout, the mask (B,) of rolled samples and their indices (n,).
 
-    grid:    s = max(t - K/infer_steps, 0), the drift an Euler sampler with infer_steps steps makes;
+    grid:    s = max(t - K/infer_steps, 0), the drift a sampler with infer_steps steps makes; on a grid
+             shifted by `adr.shift`, K steps back in the unshifted time: s = shift(max(g(t) - K/N, 0)),
+             g = shift^-1;
     uniform: s = t*U(0, 1).
     With `adr.prob` < 1 a random subset of `rolled_count` samples is rolled out; the others get s = t.
     """
     if adr.pairing == "grid":
-        s = torch.clamp(t - adr.steps / adr.infer_steps, min=0.0)
+        back = adr.steps / adr.infer_steps
+        if adr.shift == 1.0:
+            s = torch.clamp(t - back, min=0.0)
+        else:
+            s = shift_time(torch.clamp(unshift_time(t, adr.shift) - back, min=0.0), adr.shift)
     elif adr.pairing == "uniform":
         s = t * torch.rand_like(t)
     else:
@@ -62,6 +74,19 @@ def pair_times(t: torch.Tensor, adr) -> tuple[torch.Tensor, torch.Tensor, torch.
     idx = torch.randperm(b, device=t.device)[:n].sort().values
     rolled = torch.zeros_like(t, dtype=torch.bool).index_fill_(0, idx, True)
     return torch.where(rolled, s, t), rolled, idx
+
+
+def step_times(s: torch.Tensor, t: torch.Tensor, adr) -> list[torch.Tensor]:
+    """The K + 1 times (each (B,)) the rollout's K steps go through from s to t: evenly spaced, or on the
+    shifted grid evenly spaced in the unshifted time (the sampler's own grid points between s and t).
+    The first is s and the last is t exactly."""
+    k_steps = adr.steps
+    if adr.shift == 1.0:
+        h = (t - s) / k_steps
+        return [s + k * h for k in range(k_steps)] + [t]
+    a, b = unshift_time(s, adr.shift), unshift_time(t, adr.shift)
+    inner = [shift_time(a + k * (b - a) / k_steps, adr.shift) for k in range(1, k_steps)]
+    return [s, *inner, t]
 
 
 def take(y, idx):
@@ -80,36 +105,53 @@ def no_grad_mode(model):
 
 def rollout(model, x0: torch.Tensor, x1: torch.Tensor, y, t: torch.Tensor, adr,
             keep_graph: bool = False) -> Rollout:
-    """K Euler steps of `model` from x_s to t, in the training precision (the caller's autocast).
+    """K steps of `model` (Euler or Heun, `adr.integrator`) from x_s to t, in the training precision (the
+    caller's autocast).
 
     The model calls run under `torch.inference_mode` (no graph, no version counters; `no_grad_mode`
     explains the FSDP exception), except the last one when `keep_graph` (the caller's loss trains the
-    step that made the drift: `adr.grad_through_rollout`); then xhat, uhat and delta_x carry that call's
-    graph. Only the rolled samples are sent through the model; the others keep xhat = x_t (h = 0) and
-    get delta_x = 0 exactly (masked, not recomputed: a fused kernel may round x_t differently from
-    `interpolate`, and FC's scale-free weight would turn an ulp of difference into full contrast)."""
+    step that made the drift: `adr.grad_through_rollout`; for Heun the last call is the second
+    evaluation, v2 of the last step); then xhat, uhat and delta_x carry that call's graph. Only the
+    rolled samples are sent through the model; the others keep xhat = x_t (h = 0) and get delta_x = 0
+    exactly (masked, not recomputed: a fused kernel may round x_t differently from `interpolate`, and
+    FC's scale-free weight would turn an ulp of difference into full contrast)."""
     s, rolled, idx = pair_times(t, adr)
-    k_steps = adr.steps
-    h = (t - s) / k_steps
+    k_steps, heun = adr.steps, adr.integrator == "heun"
+    if adr.integrator not in ("euler", "heun"):
+        raise ValueError(f"adr.integrator: expected 'euler' or 'heun', got {adr.integrator!r}")
+    times = step_times(s, t, adr)
+    hs = [b - a for a, b in zip(times[:-1], times[1:])] if adr.shift != 1.0 else [(t - s) / k_steps] * k_steps
     x_s = interpolate(x0, x1, s)
     b = t.shape[0]
     subset = idx.numel() < b
     state = x_s[idx] if subset else x_s
-    ts, hs, ys = (s[idx], h[idx], take(y, idx)) if subset else (s, h, y)
+    ys = take(y, idx) if subset else y
+    sub = (lambda a: a[idx]) if subset else (lambda a: a)
     keep_graph = keep_graph and torch.is_grad_enabled()
     v = None
-    for k in range(k_steps):
-        last = k == k_steps - 1
+
+    def call(x, tau, graph: bool):
         # The model is called even when no sample of this process was rolled (an empty batch): under
         # FSDP every call is a collective, and one process skipping it would hang the others.
-        if last and keep_graph:
-            v = model(state, ts + k * hs, ys)
-        else:
-            with no_grad_mode(model):
-                v = model(state, ts + k * hs, ys)
+        if graph:
+            return model(x, tau, ys)
+        with no_grad_mode(model):
+            return model(x, tau, ys)
+
+    for k in range(k_steps):
+        last = k == k_steps - 1
+        h_k = sub(hs[k])
+        v = call(state, sub(times[k]), last and keep_graph and not heun)
+        if heun:  # the second evaluation at the step's end, from the Euler predictor
+            with torch.no_grad():
+                pred = kernels.adr_euler_step(state, v, h_k) if state.shape[0] > 0 else state
+            v2 = call(pred, sub(times[k + 1]), last and keep_graph)
+            acc = torch.promote_types(v.dtype, torch.float32)  # averaged in fp32 (fp64 stays fp64)
+            v = 0.5 * (v.to(acc) + v2.to(acc))
         if not last and state.shape[0] > 0:
             with torch.no_grad():
-                state = kernels.adr_euler_step(state, v, hs)
+                state = kernels.adr_euler_step(state, v, h_k)
+    h = hs[-1]
     with torch.set_grad_enabled(keep_graph):
         if subset:  # scatter the rolled samples back into full-batch tensors for the fused last step
             state = x_s.index_copy(0, idx, state.to(x_s.dtype))

@@ -171,3 +171,83 @@ def test_heun_and_euler_unchanged_on_a_linear_field():
     assert integrate(f, x, None, steps=4, method="euler").item() == pytest.approx(0.75 ** 4)
     assert integrate(f, x, None, steps=4, method="heun").item() == pytest.approx((1 - 0.25 + 0.25 ** 2 / 2) ** 4)
     assert math.isclose(integrate(f, x, None, steps=4, method="euler").item(), 0.75 ** 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Few-call samplers: DPM-Solver++(2M) and two-step Adams-Bashforth
+# ---------------------------------------------------------------------------------------------
+
+def gaussian_field(m=0.7, s=0.3):
+    """The exact velocity of the linear path for data N(m, s^2): its ODE carries x0 to m + s*x0."""
+    def v(x, t, y):
+        tt = t.reshape(-1, *([1] * (x.dim() - 1)))
+        std = torch.sqrt(tt ** 2 * s ** 2 + (1 - tt) ** 2)
+        return m + (tt * s ** 2 - (1 - tt)) / std * (x - tt * m) / std
+    return v, lambda x0: m + s * x0
+
+
+def dpmpp2m_as_published(fn, x, n, shift):
+    """DPM-Solver++(2M) in the paper's own variables (alpha_t = t, sigma_t = 1 - t, lambda = log(alpha/sigma),
+    data prediction D = x + (1 - t) v), Algorithm 2 with first-order first and last steps."""
+    from rfengine.flow import time_grid
+    lam = lambda t: -math.inf if t <= 0 else (math.inf if t >= 1 else math.log(t / (1 - t)))  # noqa: E731
+    ts, d_prev, h_prev = time_grid(n, shift).tolist(), None, None
+    for a, b in zip(ts[:-1], ts[1:]):
+        d = x + (1 - a) * fn(x, torch.full((x.shape[0],), a, dtype=x.dtype), None)
+        h = lam(b) - lam(a)
+        if d_prev is None or b >= 1:
+            d_eff = d
+        else:
+            r = h_prev / h
+            d_eff = (1 + 1 / (2 * r)) * d - (1 / (2 * r)) * d_prev
+        x = ((1 - b) / (1 - a)) * x - b * math.expm1(-h) * d_eff
+        d_prev, h_prev = d, h
+    return x
+
+
+@pytest.mark.parametrize("shift", [1.0, 0.5, 3.0])
+def test_dpmpp2m_follows_the_published_recursion(model, shift):
+    x, y = batch()
+    fn = lambda x_, t_, _: model(x_, t_, y)  # noqa: E731
+    for n in (2, 4, 7):
+        ours = integrate(model, x, y, steps=n, method="dpmpp2m", shift=shift)
+        torch.testing.assert_close(ours, dpmpp2m_as_published(fn, x, n, shift), rtol=1e-11, atol=1e-11)
+    # first-order on the first, second (infinite lambda interval before it) and last step: Euler up to 3 steps
+    for n in (1, 2, 3):
+        torch.testing.assert_close(integrate(model, x, y, steps=n, method="dpmpp2m", shift=shift),
+                                   integrate(model, x, y, steps=n, method="euler", shift=shift), rtol=1e-11, atol=1e-11)
+    assert not torch.allclose(integrate(model, x, y, steps=5, method="dpmpp2m"),
+                              integrate(model, x, y, steps=5, method="euler"), rtol=1e-6, atol=1e-6)
+
+
+def test_ab2_follows_the_variable_step_adams_bashforth_recursion(model):
+    from rfengine.flow import time_grid
+    x, y = batch()
+    ts = time_grid(6, 2.0).tolist()
+    ref, v_prev, h_prev = x.clone(), None, None
+    for a, b in zip(ts[:-1], ts[1:]):
+        v = model(ref, torch.full((3,), a, dtype=x.dtype), y)
+        h = b - a
+        ref = ref + h * (v if v_prev is None else (1 + h / (2 * h_prev)) * v - h / (2 * h_prev) * v_prev)
+        v_prev, h_prev = v, h
+    torch.testing.assert_close(integrate(model, x, y, steps=6, method="ab2", shift=2.0), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("ab2", 2)])
+@pytest.mark.parametrize("shift", [1.0, 2.0])
+def test_fixed_grid_samplers_converge_at_their_order(method, order, shift):
+    """On the exact field of Gaussian data, the endpoint error falls by about 2^order per halving of the step."""
+    v, exact = gaussian_field()
+    x0 = torch.randn(64, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    err = [(integrate(v, x0, None, steps=n, method=method, shift=shift) - exact(x0)).abs().max().item()
+           for n in (32, 64, 128)]
+    rates = [math.log2(err[i] / err[i + 1]) for i in range(2)]
+    assert all(abs(r - order) < 0.35 for r in rates), rates
+
+
+def test_few_call_samplers_report_their_model_calls(model):
+    x, y = batch()
+    for method, calls in (("euler", 4), ("heun", 8), ("dpmpp2m", 4), ("ab2", 4)):
+        st = {}
+        integrate(model, x, y, steps=4, method=method, stats=st)
+        assert st["nfe"] == calls
