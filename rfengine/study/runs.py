@@ -45,6 +45,14 @@ VARIANTS = {
     "fc_self": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=self"],
     "fc_self_nomask": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=self",
                        "objective.fc.mask=none"],
+    # study v4: rollouts matched to a sampler (Heun with `infer_steps` steps: the drift of a 2*N-call Heun sampler)
+    "fc_input_heun2": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input",
+                       "objective.adr.integrator=heun", "objective.adr.infer_steps=2"],
+    "fc_input_heun3": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input",
+                       "objective.adr.integrator=heun", "objective.adr.infer_steps=3"],
+    "fc_input_heun5": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input",
+                       "objective.adr.integrator=heun", "objective.adr.infer_steps=5"],
+    "rf_heun3": ["objective.name=reflexflow", "objective.adr.integrator=heun", "objective.adr.infer_steps=3"],
 }
 # Controls, run after the result on the confirmation seeds: FM with its loss doubled, the mean of FC's
 # weight 1 + |delta_lp|/mean|delta_lp| (is FC's gain its reweighting, or only a larger loss under

@@ -1,0 +1,127 @@
+"""Study v4's answer per budget (the confirmation of each budget's winner against the baseline, each with
+its frozen sampler setting), its report tables and the frontier plot (FD against model calls)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from rfengine.study import frontier, stats
+
+pct = lambda x: f"{100 * (math.exp(x) - 1):+.1f}%" if math.isfinite(x) else "n/a"  # noqa: E731
+
+
+def confirmation(fr: dict, sel: dict, seeds, cost: dict) -> dict:
+    """budget -> the frozen winner and samplers, and on the confirmation seeds finished so far the paired
+    log FD ratio of the winner to the baseline (mean, 95% interval, per seed), the FDs and the step cost."""
+    base, out = sel["baseline"], {}
+    for b, c in sel["budgets"].items():
+        win, samp = c["winner"], c["samplers"]
+        row = {"winner": win, "winner_sampler": samp[win], "baseline": base, "baseline_sampler": samp[base],
+               "step_cost_vs_baseline": cost[win] / cost[base], "selection": next(
+                   (r for r in c["rows"] if r["recipe"] == win), None)}
+        done = [s for s in seeds if (base, s) in fr and (win, s) in fr]
+        row["fd_baseline"] = {str(s): fr[(base, s)]["by_budget"][b][samp[base]] for s in done}
+        row["fd_winner"] = {str(s): fr[(win, s)]["by_budget"][b][samp[win]] for s in done}
+        if win == base:
+            row.update(confirm_seeds=done, per_seed=None, mean_log_ratio=None, ci95=None,
+                       verdict=f"no recipe beat {base} on the selection seeds; {base} with {samp[base]}")
+        elif done:
+            r = frontier.log_ratios(fr, win, samp[win], base, samp[base], done, b)
+            m, lo, hi = stats.t_interval(r)
+            row.update(confirm_seeds=done, per_seed=r, mean_log_ratio=m, ci95=[lo, hi],
+                       complete=done == list(seeds),
+                       verdict=f"{win} ({samp[win]}) vs {base} ({samp[base]}): "
+                               + stats.verdict(m, lo, hi, base=base))
+        else:
+            row.update(confirm_seeds=[], per_seed=None, mean_log_ratio=None, ci95=None,
+                       verdict=f"{win} chosen on the selection seeds; confirmation not run yet")
+        out[b] = row
+    return out
+
+
+def tables(summary: dict) -> str:
+    sel, p = summary["selection"], summary["protocol"]
+    lines = ["# Study v4: the quality-per-model-call frontier", "",
+             f"Recipes fine-tuned for equal CPU seconds from plateaued FM models; {p['samples']} samples per score; "
+             f"budgets {p['budgets']} model calls; samplers {p['methods']}, grid shifts {p['shifts']} "
+             f"(up to {p['shift_up_to']} calls).", ""]
+    if not sel:
+        return "\n".join(lines + ["Selection not finished yet.", ""])
+    lines += [f"## Selection seeds {sel['seeds']}: each recipe with its best sampler, change vs {sel['baseline']}", "",
+              "| budget | recipe | sampler | change [95% CI] | per seed |", "|---|---|---|---|---|"]
+    for b, c in sel["budgets"].items():
+        lines.append(f"| {b} | {sel['baseline']} (baseline) | {c['samplers'][sel['baseline']]} | | |")
+        for r in sorted(c["rows"], key=lambda r: r["mean_log_ratio"]):
+            mark = " **(winner)**" if r["recipe"] == c["winner"] else ""
+            lines.append(f"| {b} | {r['recipe']}{mark} | {r['sampler']} | {pct(r['mean_log_ratio'])} "
+                         f"[{pct(r['ci95'][0])}, {pct(r['ci95'][1])}] | {', '.join(pct(x) for x in r['per_seed'])} |")
+    lines += ["", f"## Confirmation seeds {p['confirm_seeds']} (pretrained after the choices were frozen)", "",
+              "| budget | winner (sampler) | baseline (sampler) | FD baseline | FD winner | change [95% CI] | per seed "
+              "| step cost vs baseline |", "|---|---|---|---|---|---|---|---|"]
+    for b, r in (summary.get("by_budget") or {}).items():
+        fb = np.mean(list(r["fd_baseline"].values())) if r["fd_baseline"] else float("nan")
+        fw = np.mean(list(r["fd_winner"].values())) if r["fd_winner"] else float("nan")
+        ch = (f"{pct(r['mean_log_ratio'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]"
+              if r["mean_log_ratio"] is not None else "n/a")
+        per = ", ".join(pct(x) for x in r["per_seed"]) if r["per_seed"] else ""
+        lines.append(f"| {b} | {r['winner']} ({r['winner_sampler']}) | {r['baseline']} ({r['baseline_sampler']}) | "
+                     f"{fb:.2f} | {fw:.2f} | {ch} | {per} | {r['step_cost_vs_baseline']:.2f}x |")
+    lines += ["", "Step cost: CPU seconds per training step, measured side by side at calibration "
+                  "(`calibration.json`); every recipe trained for the same CPU seconds.", ""]
+    return "\n".join(lines)
+
+
+def mean_frontier(summary: dict, recipe: str, seeds, samplers: dict | None) -> tuple[list, list]:
+    """(budgets, mean FD over `seeds`) of a recipe with its frozen sampler per budget (`samplers`: budget ->
+    name), or, without a selection, its best setting per budget by mean log FD."""
+    xs, ys = [], []
+    for b in map(str, summary["protocol"]["budgets"]):
+        runs_ = [summary["frontiers"].get(f"{recipe}_s{s}") for s in seeds]
+        runs_ = [r for r in runs_ if r is not None and b in r]
+        if not runs_:
+            continue
+        names = [samplers[b]] if samplers else list(runs_[0][b])
+        names = [n for n in names if all(n in r[b] for r in runs_)]
+        if not names:
+            continue
+        best = min(names, key=lambda n: np.mean([math.log(r[b][n]) for r in runs_]))
+        xs.append(int(b))
+        ys.append(float(np.exp(np.mean([math.log(r[b][best]) for r in runs_]))))
+    return xs, ys
+
+
+def write_report(summary: dict, out: Path) -> None:
+    (out / "report.md").write_text(tables(summary))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    p, sel = summary["protocol"], summary["selection"]
+    panels = [(f"selection seeds {p['select_seeds']}: each recipe's best sampler per budget", p["select_seeds"],
+               p["recipes"])]
+    if sel and summary.get("by_budget") and any(r["confirm_seeds"] for r in summary["by_budget"].values()):
+        panels.append((f"confirmation seeds {p['confirm_seeds']}: frozen samplers", p["confirm_seeds"],
+                       sel["confirm_recipes"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), sharey=True, squeeze=False)
+    colors = {r: f"C{i % 10}" for i, r in enumerate(p["recipes"])}
+    for ax, (title, seeds, recipes) in zip(axes[0], panels):
+        for r in recipes:
+            frozen = {b: c["samplers"][r] for b, c in sel["budgets"].items()} if sel and seeds != p["select_seeds"] \
+                else None
+            xs, ys = mean_frontier(summary, r, seeds, frozen)
+            if xs:
+                ax.plot(xs, ys, "o-", color=colors[r], label=r, lw=2.2 if r == p["recipes"][0] else 1.4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(p["budgets"], [str(b) for b in p["budgets"]])
+        ax.set_xlabel("model calls per sample")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel(f"FD (geometric mean over seeds, {p['samples']} samples)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("Quality per model call: each recipe fine-tuned at equal CPU seconds, sampled with its best "
+                 "few-call sampler and grid shift", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=120)
+    plt.close(fig)

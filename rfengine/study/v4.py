@@ -1,0 +1,224 @@
+"""The equal-compute study v4: where ReflexFlow pays per sampling budget (the quality-per-model-call frontier).
+
+    python -m rfengine.study.v4              # the whole protocol; resumable (run it again to continue)
+    python -m rfengine.study.v4 --quick      # a smoke run of the same pipeline at tiny sizes
+    python -m rfengine.study.v4 --summarize  # summary.json, report.md and frontier.png from what has finished
+
+Question: at the same number of model calls per sample, does a recipe beat logit-normal FM once each side
+samples with its own best few-call sampler and grid shift? Same machinery and rules as v3 (CPU seconds per
+step calibrated side by side and turned into step counts; paired seeds; choices frozen before the
+confirmation seeds exist):
+  1. Selection seeds (default 0-4, their plateaued FM models adopted from `--adopt-from`): every recipe
+     fine-tuned from the seed's model for the same CPU seconds, then scored on the frontier grid
+     (`rfengine.study.frontier`: every budget, every sampler that spends it, every grid shift).
+  2. Frozen in selection.json: per budget, each recipe's best sampler setting (lowest mean log FD over the
+     selection seeds) and the winner (the recipe with the lowest mean log FD ratio to the baseline, each
+     with its best setting; the baseline itself when no recipe is below it).
+  3. Confirmation seeds (default 15-19, pretrained only after the freeze): the baseline and every budget's
+     winner fine-tuned and scored with their frozen settings; per budget the paired change with its 95%
+     t-interval.
+Recipes: logit-normal FM (the baseline), FC on the input-space bias with the default Euler rollout
+(infer_steps 10), FC with Heun rollouts matched to 4-, 6- and 10-call Heun samplers (infer_steps 2, 3, 5),
+ReflexFlow at its defaults (ADR + FC on the velocity bias) and with a Heun rollout matched to 6 calls, all on
+logit-normal t. Output (default results/digits_v4, relative to the working directory):
+{summary.json, report.md, frontier.png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rfengine.study import frontier, runs
+from rfengine.study.pool import Pool
+from rfengine.study.v2 import calibrate
+from rfengine.study.v3 import adopt, pin_classifier, CLASSIFIER
+
+log = logging.getLogger("rfengine")
+BASELINE = "fm_ln"
+RECIPES = [BASELINE, "fc_input@fm_ln", "fc_input_heun2@fm_ln", "fc_input_heun3@fm_ln", "fc_input_heun5@fm_ln",
+           "rf@fm_ln", "rf_heun3@fm_ln"]
+PROTOCOL_KEYS = ["recipes", "select_seeds", "confirm_seeds", "adopt_from", "lr", "ft_fm_steps", "points", "chunk",
+                 "min_steps", "max_steps", "patience", "tol", "plateau_samples", "samples", "budgets", "methods",
+                 "shifts", "shift_up_to"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Equal-compute study v4: the quality-per-model-call frontier.")
+    p.add_argument("--out", default="results/digits_v4")
+    p.add_argument("--workers", type=int, default=2, help="single-thread runs side by side")
+    p.add_argument("--recipes", nargs="+", default=RECIPES, help=f"study variants; the first is the baseline ({BASELINE})")
+    p.add_argument("--select-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--confirm-seeds", nargs="+", type=int, default=[15, 16, 17, 18, 19])
+    p.add_argument("--adopt-from", default="results/digits_v2",
+                   help="a study whose pretrained selection-seed models are reused ('' to pretrain them here)")
+    runs.add_protocol_args(p)
+    p.add_argument("--budgets", nargs="+", type=int, default=list(frontier.BUDGETS), help="model calls per sample")
+    p.add_argument("--methods", nargs="+", default=list(frontier.METHODS), choices=list(frontier.METHODS))
+    p.add_argument("--shifts", nargs="+", type=float, default=list(frontier.SHIFTS))
+    p.add_argument("--shift-up-to", type=int, default=frontier.SHIFT_UP_TO,
+                   help="budgets above this are scored on the unshifted grid only")
+    p.add_argument("--stop-after", choices=["calibration", "selection"])
+    p.add_argument("--summarize", action="store_true", help="write the summary from the runs finished so far")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, to check the pipeline")
+    p.set_defaults(samples=1000)
+    if p.parse_args(argv).quick:  # tiny defaults; options given explicitly still win
+        p.set_defaults(recipes=[BASELINE, "fc_input_heun2@fm_ln"], select_seeds=[0, 1], confirm_seeds=[2],
+                       adopt_from="", ft_fm_steps=4, points=1, chunk=4, min_steps=4, max_steps=4, patience=1,
+                       plateau_samples=32, samples=32, budgets=[2, 4], methods=["euler", "heun"])
+    a = p.parse_args(argv)
+    if set(a.select_seeds) & set(a.confirm_seeds):
+        p.error("--select-seeds and --confirm-seeds must not overlap")
+    if a.ft_fm_steps % a.points:
+        p.error("--ft-fm-steps must be a multiple of --points")
+    try:
+        [runs.overrides(r) for r in a.recipes]
+    except ValueError as e:
+        p.error(f"--recipes: {e}")
+    a.baseline = a.recipes[0]
+    a.variants = list(dict.fromkeys(["fm", *a.recipes]))  # calibrated: FM's cost sets the budget
+    return a
+
+
+def _protocol(args, out: Path) -> None:
+    """Frozen at the first start: continuing with other settings is refused."""
+    path = out / "protocol.json"
+    want = {k: getattr(args, k) for k in PROTOCOL_KEYS}
+    if path.is_file():
+        diff = [k for k, v in json.loads(path.read_text()).items() if want.get(k) != v]
+        if diff:
+            raise SystemExit(f"rfengine: error: {out} was started with other settings ({', '.join(diff)}); "
+                             "use another --out or the same settings")
+    else:
+        runs.write_json(path, want)
+
+
+def grid_of(args) -> dict:
+    return frontier.settings(args.budgets, args.methods, args.shifts, args.shift_up_to)
+
+
+def frontiers(out: Path) -> dict:
+    """(recipe, seed) -> frontier scores of every finished fine-tune under `out`."""
+    res = {}
+    for f in sorted((out / "finetune").glob("*/frontier.json")):
+        sc = json.loads((f.parent / "scores.json").read_text())
+        res[(sc["variant"], sc["seed"])] = json.loads(f.read_text())
+    return res
+
+
+def select(out: Path, recipes, baseline: str, seeds, budgets) -> dict:
+    """The frozen choices (selection.json), made once from the selection seeds' frontiers."""
+    path = out / "selection.json"
+    if not path.is_file():
+        fr = {k: v for k, v in frontiers(out).items() if k[1] in seeds}
+        chosen = frontier.choose(fr, recipes, baseline, list(seeds), budgets)
+        confirm = list(dict.fromkeys([baseline, *(c["winner"] for c in chosen.values())]))
+        runs.write_json(path, {"baseline": baseline, "budgets": chosen, "confirm_recipes": confirm,
+                               "seeds": list(seeds),
+                               "rule": "per budget: each recipe's sampler setting with the lowest mean log FD on "
+                                       "the selection seeds; the winner is the recipe with the lowest mean "
+                                       "log(FD/FD_baseline), each with its own setting (the baseline if none is "
+                                       "below 0)"})
+    return json.loads(path.read_text())
+
+
+def confirm_job(out: Path, recipe: str, seed: int, init: Path, steps: dict, points: int, lr: float,
+                scorer_args: dict, grid: dict) -> dict:
+    """A confirmation fine-tune of `recipe`, scored with its frozen sampler setting at every budget."""
+    chosen = json.loads((out / "selection.json").read_text())["budgets"]
+    return frontier.finetune_and_score(recipe, seed, out / "finetune" / f"{recipe}_s{seed}", init, steps[recipe],
+                                       points, lr, scorer_args, frontier.confirm_grid(chosen, recipe, grid))
+
+
+def jobs(args, out: Path, cal: dict) -> dict:
+    """name -> (priority, deps, fn, args); lower priority first: selection, then confirmation."""
+    steps, grid = cal["finetune_steps"], grid_of(args)
+    scorer = {"samples": args.samples, "sample_steps": [20], "classifier": str(out / CLASSIFIER)}
+    if args.quick:
+        scorer["bias_samples"] = 32
+    rule = {k: getattr(args, k) for k in ("chunk", "min_steps", "max_steps", "patience", "tol")}
+    rule["samples"] = args.plateau_samples
+    out_jobs = {}
+    for s in args.select_seeds:
+        pre = out / "pretrain" / f"s{s}"
+        init = pre / "pretrained.safetensors"
+        out_jobs[f"pretrain s{s}"] = (0, [], runs.pretrain, (s, pre, rule, args.lr, scorer))
+        for r in args.recipes:
+            out_jobs[f"{r} s{s}"] = (1, [f"pretrain s{s}"], frontier.finetune_and_score,
+                                     (r, s, out / "finetune" / f"{r}_s{s}", init, steps[r], args.points, args.lr,
+                                      scorer, grid))
+    out_jobs["select"] = (0, [f"{r} s{s}" for s in args.select_seeds for r in args.recipes], select,
+                          (out, args.recipes, args.baseline, args.select_seeds, args.budgets))
+    if args.stop_after == "selection":
+        return out_jobs
+    for s in args.confirm_seeds:
+        pre = out / "pretrain" / f"s{s}"
+        init = pre / "pretrained.safetensors"
+        out_jobs[f"pretrain s{s}"] = (0, ["select"], runs.pretrain, (s, pre, rule, args.lr, scorer))
+        for r in args.recipes:  # every recipe is a candidate until the freeze; the ones it does not confirm skip
+            out_jobs[f"{r} s{s}"] = (1, [f"pretrain s{s}", "select"], confirm_if_chosen,
+                                     (out, r, s, init, steps, args.points, args.lr, scorer, grid))
+    return out_jobs
+
+
+def confirm_if_chosen(out: Path, recipe: str, seed: int, *rest) -> dict | None:
+    """`confirm_job` for a recipe the frozen selection confirms; nothing for the others."""
+    if recipe not in json.loads((out / "selection.json").read_text())["confirm_recipes"]:
+        return None
+    return confirm_job(out, recipe, seed, *rest)
+
+
+def run(args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _protocol(args, out)
+    pin_classifier(out)
+    adopt(args, out)
+    if runs.on_gpu() and args.workers != 1:
+        log.warning("a GPU is present: one run at a time (wall-clock seconds are the compute measure)")
+        args.workers = 1
+    if args.summarize:
+        return summarize(args, out, json.loads((out / "calibration.json").read_text()))
+    pool = Pool(args.workers, out / "logs")
+    cal = calibrate(args, out, pool)
+    if args.stop_after == "calibration":
+        return {}
+    pool.run(jobs(args, out, cal), "study v4")
+    return summarize(args, out, cal)
+
+
+def summarize(args, out: Path, cal: dict) -> dict:
+    """summary.json, report.md and frontier.png from whatever has finished."""
+    from rfengine.study.report_v4 import confirmation, write_report
+    from rfengine.study.v3 import flop_floors
+    sel = json.loads((out / "selection.json").read_text()) if (out / "selection.json").is_file() else None
+    fr = frontiers(out)
+    cost = cal["cpu_seconds_per_step"]
+    summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS}, "calibration": cal, "selection": sel,
+               "by_budget": confirmation(fr, sel, args.confirm_seeds, cost) if sel else None,
+               "step_costs": {r: {"measured_vs_fm": cal["cost_vs_fm"][r],
+                                  "measured_vs_baseline": cost[r] / cost[args.baseline],
+                                  "flop_floor_vs_fm": f} for r, f in flop_floors(args.variants).items()},
+               "frontiers": {f"{r}_s{s}": v["by_budget"] for (r, s), v in fr.items()},
+               "finetunes": {f"{v}_s{s}": {"steps": r["steps"], "cpu_seconds_measured": r["cpu_seconds_measured"],
+                                           "fd20": r["by_steps"]["20"]["fd"], "curve": r["curve"]}
+                             for (v, s), r in runs.finetune_results(out).items()}}
+    runs.write_json(out / "summary.json", summary)
+    write_report(summary, out)
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    summary = run(args)
+    for b, row in (summary.get("by_budget") or {}).items():
+        print(f"{b} calls: {row['verdict']}")
+    print(f"wrote {Path(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Study v4 (the model-call frontier): the sampler grid spends exactly each budget, the choices follow their
+rules on made-up scores, and the quick pipeline leaves every artifact (frozen choices, confirmation with
+the frozen samplers only, summary, report, plot)."""
+import json
+import math
+
+import pytest
+
+from rfengine.flow import CALLS_PER_STEP
+from rfengine.study import frontier
+from rfengine.study.report_v4 import confirmation
+
+
+def test_every_setting_spends_exactly_its_budget():
+    grid = frontier.settings((4, 6, 10, 40), shift_up_to=20)
+    for b, rows in grid.items():
+        assert rows and all(s["steps"] * CALLS_PER_STEP[s["method"]] == int(b) for s in rows)
+        assert len({s["name"] for s in rows}) == len(rows)
+    assert {s["shift"] for s in grid["40"]} == {1.0}                     # no shifts above shift_up_to
+    assert {s["name"] for s in grid["6"]} >= {"heun-3", "heun-3_shift2", "dpmpp2m-6", "ab2-6_shift2"}
+    assert not any(s["method"] == "heun" for s in frontier.settings((5,))["5"])  # odd budget: no Heun
+
+
+def fake(fds: dict) -> dict:
+    """(recipe, seed) -> {budget: {sampler: fd}} as `frontier.score` writes it."""
+    return {k: {"by_budget": v} for k, v in fds.items()}
+
+
+def test_choice_uses_each_recipes_best_sampler_and_falls_back_to_the_baseline():
+    fr = fake({("base", 0): {"6": {"euler-6": 60.0, "heun-3": 30.0}, "20": {"euler-20": 20.0, "heun-10": 12.0}},
+               ("base", 1): {"6": {"euler-6": 64.0, "heun-3": 28.0}, "20": {"euler-20": 19.0, "heun-10": 13.0}},
+               ("fc", 0): {"6": {"euler-6": 40.0, "heun-3": 24.0}, "20": {"euler-20": 15.0, "heun-10": 14.0}},
+               ("fc", 1): {"6": {"euler-6": 42.0, "heun-3": 22.0}, "20": {"euler-20": 16.0, "heun-10": 14.5}}})
+    chosen = frontier.choose(fr, ["base", "fc"], "base", [0, 1], [6, 20])
+    assert chosen["6"]["samplers"] == {"base": "heun-3", "fc": "heun-3"} and chosen["6"]["winner"] == "fc"
+    assert chosen["6"]["rows"][0]["per_seed"] == pytest.approx([math.log(24 / 30), math.log(22 / 28)])
+    # at 20 calls FC's best (heun10 14.0/14.5) loses to the baseline's best (heun10 12/13), though it wins
+    # against the baseline's Euler 20: the comparison is best against best
+    assert chosen["20"]["samplers"] == {"base": "heun-10", "fc": "heun-10"} and chosen["20"]["winner"] == "base"
+    with pytest.raises(RuntimeError, match="fc s1"):
+        frontier.choose({k: v for k, v in fr.items() if k != ("fc", 1)}, ["base", "fc"], "base", [0, 1], [6])
+    grid = frontier.settings((6, 20), methods=("euler", "heun"), shifts=(1.0,))
+    assert frontier.confirm_grid(chosen, "fc", grid) == {"6": [{"name": "heun-3", "method": "heun", "steps": 3,
+                                                                "shift": 1.0}],
+                                                         "20": [{"name": "heun-10", "method": "heun", "steps": 10,
+                                                                 "shift": 1.0}]}
+
+    sel = {"baseline": "base", "budgets": chosen}
+    conf = fake({("base", 5): {"6": {"heun-3": 30.0}, "20": {"heun-10": 12.0}},
+                 ("fc", 5): {"6": {"heun-3": 21.0}, "20": {"heun-10": 11.0}},
+                 ("base", 6): {"6": {"heun-3": 32.0}, "20": {"heun-10": 12.5}},
+                 ("fc", 6): {"6": {"heun-3": 24.0}, "20": {"heun-10": 12.0}}})
+    rows = confirmation(conf, sel, [5, 6, 7], {"base": 1.0, "fc": 1.5})
+    assert rows["6"]["per_seed"] == pytest.approx([math.log(21 / 30), math.log(24 / 32)])
+    assert rows["6"]["confirm_seeds"] == [5, 6] and rows["6"]["complete"] is False
+    assert rows["6"]["step_cost_vs_baseline"] == 1.5
+    assert rows["20"]["mean_log_ratio"] is None and "no recipe beat base" in rows["20"]["verdict"]
+
+
+def test_quick_pipeline_leaves_every_artifact(tmp_path):
+    from rfengine.study import v4
+    out = tmp_path / "v4"
+    argv = ["--quick", "--out", str(out), "--budgets", "2", "--confirm-seeds", "7"]
+    summary = v4.run(v4.parse_args(argv))
+    sel = json.loads((out / "selection.json").read_text())
+    assert set(sel["budgets"]) == {"2"} and sel["confirm_recipes"][0] == "fm_ln"
+    names = {s["name"] for s in frontier.settings([2], ["euler", "heun"], [1.0, 2.0])["2"]}
+    for s in (0, 1):  # selection: every recipe on the whole grid
+        for r in sel["budgets"]["2"]["samplers"]:
+            assert set(json.loads((out / "finetune" / f"{r}_s{s}" / "frontier.json").read_text())["by_budget"]["2"]) == names
+    for r in sel["confirm_recipes"]:  # confirmation: the frozen setting only
+        got = json.loads((out / "finetune" / f"{r}_s7" / "frontier.json").read_text())["by_budget"]["2"]
+        assert list(got) == [sel["budgets"]["2"]["samplers"][r]]
+    row = summary["by_budget"]["2"]
+    assert row["confirm_seeds"] == [7] and row["fd_baseline"]["7"] > 0
+    assert (out / "frontier.png").stat().st_size > 10_000 and "Confirmation seeds [7]" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit, match="other settings"):
+        v4.run(v4.parse_args([*argv, "--samples", "64"]))
