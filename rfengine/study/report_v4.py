@@ -97,6 +97,7 @@ def write_report(summary: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     p, sel = summary["protocol"], summary["selection"]
     panels = [(f"selection seeds {p['select_seeds']}: each recipe's best sampler per budget", p["select_seeds"],
                p["recipes"])]
@@ -115,11 +116,12 @@ def write_report(summary: dict, out: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(p["budgets"], [str(b) for b in p["budgets"]])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("model calls per sample")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel(f"FD (geometric mean over seeds, {p['samples']} samples)")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8)
     fig.suptitle("Quality per model call: each recipe fine-tuned at equal CPU seconds, sampled with its best "
                  "few-call sampler and grid shift", fontsize=10)
     fig.tight_layout()
