@@ -24,6 +24,12 @@ def _step_of(line: str, torn: int) -> int:
         return torn
 
 
+def logs_at(step: int, every: int, last: int) -> bool:
+    """Whether completed step `step` (counted from 1) writes a metrics row: every `every`-th step and the
+    run's `last` one."""
+    return step % every == 0 or step == last
+
+
 def reduce_metrics(metrics: dict, device: torch.device) -> dict[str, float]:
     """The objective's metrics (detached 0-dim tensors on the training device) as plain floats, agreed
     over every process: maxima (`*_max`) by max, everything else by the mean. One stacked tensor per

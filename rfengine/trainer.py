@@ -3,7 +3,8 @@ trained (`build`), the checkpoints, the metrics and the sample grids.
 
 One step: next batch -> label dropout -> objective loss under autocast -> backward -> clip -> one flag
 tensor agreed over every process (non-finite, stop, write failure; the step's only host read) -> skip or
-optimizer step -> LR schedule -> EMA. Then: metrics -> checkpoint -> grid -> stop.
+optimizer step -> LR schedule -> EMA. Then: metrics -> checkpoint -> grid -> stop, on the agreed stop flag
+only (a signal that lands during or after a step's flag read is agreed at the next step, on every process).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(cfg, self.dist, self.out, b, self.state, shape)
         self.metrics = RunMetrics(cfg, self.dist, self.out, self.model)
         self.stop = None  # run() installs the SIGTERM/SIGINT handlers
+        self.stop_agreed = False  # the last step's stop flag, agreed over every process: what the loop acts on
         recorded = self.checkpoints.load(resume)
         self.objective, self.state.schedule = pin_schedule(b.objective, cfg.objective, cfg.train.steps, recorded)
         if self.dist.is_main:
@@ -77,7 +79,8 @@ class Trainer:
 
     def train_step(self, x1: torch.Tensor, y: torch.Tensor) -> tuple[bool, dict]:
         """One optimisation step; returns (applied, metrics). A non-finite loss or gradient on any
-        rank skips the update on every rank."""
+        rank skips the update on every rank. Records in `stop_agreed` whether any rank had a stop
+        signal pending when it read its flags."""
         cfg, phases = self.cfg, self.metrics.phases
         y = drop_labels(y, cfg.model.class_dropout, self.model.null_class) if self.model.num_classes > 0 else None
         self.optimizer.zero_grad(set_to_none=True)
@@ -96,8 +99,7 @@ class Trainer:
             bad = (~torch.isfinite(loss.detach())).float() + (~torch.isfinite(grad_norm)).float()
             flags = torch.stack([bad.to(dev), torch.full((), stop, device=dev), torch.full((), failed, device=dev)])
             nonfinite, stop, failed = parallel.all_reduce(flags, op=torch.distributed.ReduceOp.MAX).tolist()
-            if self.stop is not None:
-                self.stop.requested = stop > 0
+            self.stop_agreed = stop > 0
             if failed > 0:  # a process could not write a checkpoint or metrics.jsonl: every process stops
                 self.checkpoints.stop_on_write_error(self._failed_write())
             if nonfinite == 0:
@@ -140,7 +142,7 @@ class Trainer:
                 saved = self.checkpoints.maybe_save(s.step)
                 if s.step % cfg.train.sample_every == 0 and s.step < cfg.train.steps:
                     self._grid()
-                if self.stop.requested:  # (a checkpoint step's own save is completed, not written twice)
+                if self.stop_agreed:  # (a checkpoint step's own save is completed, not written twice)
                     guard.keep_last()
                     path = self.checkpoints.finish_save() if saved else self.checkpoints.save()
                     log.warning("stopped at step %d; checkpoint %s. Resume by running the same command with "

@@ -1,6 +1,8 @@
 """End-to-end training: the loss falls, every objective trains, DDP runs, the run folder is complete."""
 import pytest
 
+import kernels
+from rfengine.objectives import reflexflow, ss
 from rfengine.trainer import Trainer
 from tests.helpers import TINY, read_metrics, tiny_cfg, torchrun
 
@@ -25,14 +27,25 @@ def test_short_run_loss_falls_and_leaves_a_complete_run_folder(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["ip", "ss", "reflexflow"])
-def test_each_objective_trains_a_few_steps(tmp_path, name):
-    cfg = tiny_cfg(tmp_path, "train.steps=4", f"objective.name={name}")
-    Trainer(cfg).run()
+def test_each_objective_trains_and_computes_its_logged_metrics_on_the_logged_steps_only(tmp_path, monkeypatch, name):
+    """log_every 3 over 4 steps logs steps 3 and 4 (the last). The metrics an objective computes only to be
+    logged (the rollout's statistics, FC's weights) are computed on exactly those steps, and are in their rows."""
+    tr = Trainer(tiny_cfg(tmp_path, "train.steps=4", "train.log_every=3", f"objective.name={name}"))
+    calls = {"rollout_metrics": [], "fc_weight": []}
+
+    def count(module, fn):
+        real = getattr(module, fn)
+        monkeypatch.setattr(module, fn, lambda *a, **k: calls[fn].append(tr.step + 1) or real(*a, **k))
+    count(reflexflow, "rollout_metrics"), count(ss, "rollout_metrics"), count(kernels, "fc_weight")
+    tr.run()
     rows = read_metrics(tmp_path)
-    assert len(rows) == 4
-    if name == "reflexflow":
-        for key in ("loss_fc", "loss_adr", "fc_w_mean", "fc_w_max", "delta_x_sq", "s_mean", "gap_mean"):
-            assert key in rows[-1], key
+    assert [r["step"] for r in rows] == [3, 4]
+    keys = {"ip": (), "ss": ("delta_x_sq", "s_mean", "gap_mean"),
+            "reflexflow": ("loss_fc", "loss_adr", "fc_w_mean", "fc_w_max", "delta_x_sq", "s_mean", "gap_mean")}[name]
+    for row in rows:
+        assert set(keys) <= set(row), (row["step"], set(keys) - set(row))
+    assert calls["rollout_metrics"] == ([] if name == "ip" else [3, 4])
+    assert calls["fc_weight"] == ([3, 4] if name == "reflexflow" else [])
 
 
 def test_bf16_autocast_runs(tmp_path):

@@ -17,7 +17,7 @@ def build_objective(cfg, metrics_every: int = 1, total_steps: int = 0) -> Object
     `cfg.start` or `cfg.ramp` is set (fractions of `total_steps`)."""
     if cfg.name not in OBJECTIVES:
         raise ValueError(f"objective.name: unknown {cfg.name!r}; valid: {', '.join(OBJECTIVES)}")
-    objective = OBJECTIVES[cfg.name](cfg, metrics_every)
+    objective = OBJECTIVES[cfg.name](cfg, metrics_every, total_steps)
     start, ramp = resolve_steps(cfg.start, total_steps), resolve_steps(cfg.ramp, total_steps)
     if start or ramp:
         return Scheduled(objective, start, ramp)

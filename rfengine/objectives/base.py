@@ -13,6 +13,7 @@ import torch
 
 from rfengine.flow import interpolate, sample_times, velocity
 from rfengine.objectives.weighting import FMTerm
+from rfengine.telemetry import logs_at
 
 
 class Objective:
@@ -26,14 +27,15 @@ class Objective:
     batch_differs_from_data = False
     varies_batch = False
 
-    def __init__(self, cfg, metrics_every: int = 1):
+    def __init__(self, cfg, metrics_every: int = 1, total_steps: int = 0):
         self.cfg = cfg
-        self.metrics_every = metrics_every
+        self.metrics_every, self.total_steps = metrics_every, total_steps  # the run's train.log_every, train.steps
         self.fm_term = FMTerm(cfg)  # the FM branch's loss: time weighting and cosine term (SPEC section 4.1)
 
     def extra_metrics_at(self, step: int) -> bool:
-        """Whether this step also computes metrics that cost extra device work (the logged steps)."""
-        return step % self.metrics_every == 0
+        """Whether the step at 0-based index `step` also computes the metrics that cost extra device work:
+        exactly the steps the trainer logs, which it numbers `step + 1`."""
+        return logs_at(step + 1, self.metrics_every, self.total_steps)
 
     def draw(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise x0 (like x1, fp32) and FM times t (B,) in [0, 1]."""

@@ -84,7 +84,8 @@ class ReflexFlow(Objective):
         if fc_on:
             delta = {"velocity": lambda: v_clean.detach() - v_hat.detach(), "input": lambda: r.delta_x.detach(),
                      "self": lambda: v_clean.detach().float() - u}[fc.bias_space]()
-        return self._finish(v_clean, u, t, delta, v_hat, r, rollout_metrics(r, t), step)
+        metrics = rollout_metrics(r, t) if self.extra_metrics_at(step) else {}
+        return self._finish(v_clean, u, t, delta, v_hat, r, metrics, step)
 
     def _finish(self, v_clean, u, t, delta, v_hat, r, metrics: dict, step: int):
         """The total loss from the branches' outputs: FC-weighted FM term (plain MSE when `delta` is None)

@@ -23,8 +23,8 @@ class Scheduled(Objective):
     """`fm` for steps < start, then `inner` (an objective built from the same config)."""
 
     def __init__(self, inner: Objective, start: int, ramp: int):
-        super().__init__(inner.cfg, inner.metrics_every)
-        self.inner, self.fm = inner, FlowMatching(inner.cfg, inner.metrics_every)
+        super().__init__(inner.cfg, inner.metrics_every, inner.total_steps)
+        self.inner, self.fm = inner, FlowMatching(inner.cfg, inner.metrics_every, inner.total_steps)
         self.start, self.ramp = start, ramp
         self.name = inner.name
         # FM's batch before the switch, the objective's after it: a change of size at the switch

@@ -18,4 +18,4 @@ class ScheduledSampling(Objective):
         r = rollout(model, x0, x1, y, t, self.cfg.adr, keep_graph=self.cfg.adr.grad_through_rollout)
         v = model(r.xhat, t, y)
         loss = self.fm_term(v, velocity(x0, x1), t)
-        return loss, {"loss": loss.detach(), **rollout_metrics(r, t)}
+        return loss, {"loss": loss.detach(), **(rollout_metrics(r, t) if self.extra_metrics_at(step) else {})}

@@ -43,7 +43,9 @@ def save_config(cfg, schedule: dict, out: Path) -> None:
 
 class StopSignals:
     """SIGTERM / SIGINT ask the loop to finish the step, checkpoint and exit cleanly. A context manager:
-    the handlers live exactly as long as the `with` block, whatever it raises."""
+    the handlers live exactly as long as the `with` block, whatever it raises. `requested` is this
+    process's pending request: only the handler sets it, nothing clears it; the trainer agrees it over
+    every process at each step and acts on the agreed value alone."""
 
     def __init__(self):
         self.requested = False

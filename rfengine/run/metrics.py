@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from rfengine import storage
-from rfengine.telemetry import (DeviceStats, MetricsFile, ModelRows, PhaseTimer, TensorBoard, Throughput, peak_tflops,
-                                progress_bar, reduce_metrics)
+from rfengine.telemetry import (DeviceStats, MetricsFile, ModelRows, PhaseTimer, TensorBoard, Throughput, logs_at,
+                                peak_tflops, progress_bar, reduce_metrics)
 
 log = logging.getLogger("rfengine")
 
@@ -46,7 +46,7 @@ class RunMetrics:
 
     def logs_at(self, step: int) -> bool:
         """Whether step `step` writes a metrics row (and so has its phases timed)."""
-        return step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps
+        return logs_at(step, self.cfg.train.log_every, self.cfg.train.steps)
 
     def step_done(self, step: int, metrics: dict, lr: float, bad_steps: int) -> None:
         """Count the step; at a logged step, write its row (collective: the metrics are reduced)."""
