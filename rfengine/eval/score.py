@@ -106,7 +106,7 @@ def score(samples: str, ref: str, make_extractor, batch: int = 50, pr_batch: int
         ref_side = featurize(extractor, ref_src, batch) if ref_src.has_images else None
         smp = featurize(extractor, smp_src, batch)
 
-    result = {"samples": str(samples), "ref": str(ref), "n_samples": smp["n"], "statistics": {}, "notes": []}
+    metrics, about, notes = {}, {"statistics": {}}, []
     for kind in smp["stats"]:  # pool features, and spatial ones where the network gives them (sFID)
         name = {"pool": "", "spatial": "s"}[kind] + extractor.fd_name
         mu, sigma = smp["stats"][kind].stats()
@@ -117,28 +117,28 @@ def score(samples: str, ref: str, make_extractor, batch: int = 50, pr_batch: int
             ref_mu, ref_sigma = ref_side["stats"][kind].stats()
             ref_from = {"source": "computed from the reference file's arr_0", "n": ref_side["n"]}
         else:
-            result[name] = None
-            result["notes"].append(f"{name}: the reference file has neither its statistics nor arr_0 images")
+            metrics[name] = None
+            notes.append(f"{name}: the reference file has neither its statistics nor arr_0 images")
             continue
         if ref_mu.shape != mu.shape:
             raise ValueError(f"{ref}: its {name} statistics have {ref_mu.shape[0]} dims, the "
-                             f"{extractor.info['network']} features {mu.shape[0]} (another feature network?)")
-        result[name] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
-        result["statistics"][name] = {"samples": {"source": "computed from the sample file's arr_0", "n": smp["n"]},
-                                      "ref": ref_from}
+                             f"{extractor.info['network']}'s features {mu.shape[0]} (another feature network?)")
+        metrics[name] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
+        about["statistics"][name] = {"samples": {"source": "computed from the sample file's arr_0", "n": smp["n"]},
+                                     "ref": ref_from}
 
     if hasattr(extractor, "logits"):
-        result["inception_score"] = inception_score(extractor.logits, smp["pool"], IS_SPLIT)
-        result["inception_score_splits"] = -(-smp["n"] // IS_SPLIT)
+        metrics["inception_score"] = inception_score(extractor.logits, smp["pool"], IS_SPLIT)
+        about["inception_score_splits"] = -(-smp["n"] // IS_SPLIT)
 
     if ref_side is None:
-        result["precision"] = result["recall"] = None
-        result["notes"].append("precision/recall: the reference file has no arr_0 images to build its manifold from")
+        metrics["precision"] = metrics["recall"] = None
+        notes.append("precision/recall: the reference file has no arr_0 images to build its manifold from")
         log.warning("precision/recall not computed: %s has no arr_0 images", ref)
     else:
-        result["precision"], result["recall"] = precision_recall(ref_side["pool"], smp["pool"], K, pr_batch, device)
-        result["precision_recall"] = {"k": K, "n_ref": ref_side["n"], "n_samples": smp["n"]}
-    result["features"] = extractor.info
+        metrics["precision"], metrics["recall"] = precision_recall(ref_side["pool"], smp["pool"], K, pr_batch, device)
+        about["precision_recall"] = {"k": K, "n_ref": ref_side["n"], "n_samples": smp["n"]}
     if extractor.info.get("published_weights") is False:
-        result["notes"].append("the inception weights are not the published file: not comparable with published numbers")
-    return result
+        notes.append("the inception weights are not the published file: not comparable with published numbers")
+    return {**metrics, "n_samples": smp["n"], "samples": str(samples), "ref": str(ref), **about,
+            "features": extractor.info, "notes": notes}
