@@ -68,15 +68,21 @@ def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
     return float(np.sqrt(np.linalg.eigvals(s1 @ s2).real.clip(min=0)).sum())
 
 
-def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (n, m) between rows of a (n, D) and b (m, D), as ADM computes them."""
-    return ((a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None]).clamp_(min=0)
+def _sq_norms(x: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([(rows * rows).sum(1) for rows in x.split(batch)])          # (N,), no (N, D) temporary
+
+
+def _sq_dists(a: torch.Tensor, b: torch.Tensor, a_norms: torch.Tensor, b_norms: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (n, m) between rows of a (n, D) and b (m, D), as ADM computes them
+    (|a|^2 - 2 a.b + |b|^2, clipped at 0), in one (n, m) buffer."""
+    return (a @ b.T).mul_(-2).add_(a_norms[:, None]).add_(b_norms[None]).clamp_(min=0)
 
 
 def manifold_radii(feats: torch.Tensor, k: int = 3, batch: int = 1024) -> torch.Tensor:
     """Squared distance of each row of feats (N, D) to its k-th nearest other row, (N,); `batch` rows at a time."""
-    return torch.cat([_sq_dists(rows, feats).topk(k + 1, dim=1, largest=False).values[:, k]
-                      for rows in feats.split(batch)])
+    norms = _sq_norms(feats, batch)
+    return torch.cat([_sq_dists(feats[s:s + batch], feats, norms[s:s + batch], norms)
+                      .topk(k + 1, dim=1, largest=False).values[:, k] for s in range(0, len(feats), batch)])
 
 
 def precision_recall(real, fake, k: int = 3, batch: int = 1024, device: str | torch.device = "cpu",
@@ -91,10 +97,11 @@ def precision_recall(real, fake, k: int = 3, batch: int = 1024, device: str | to
         if x.ndim != 2 or x.shape[0] <= k or x.shape[1] != r.shape[1]:
             raise ValueError(f"precision_recall: {name} features must be (N > {k}, {r.shape[-1]}), got {tuple(x.shape)}")
     real_radii, fake_radii = manifold_radii(r, k, batch), manifold_radii(f, k, batch)
+    r_norms, f_norms = _sq_norms(r, batch), _sq_norms(f, batch)
     fake_in = torch.zeros(len(f), dtype=torch.bool, device=device)
     real_in = torch.zeros(len(r), dtype=torch.bool, device=device)
     for start in range(0, len(f), batch):
-        d = _sq_dists(f[start:start + batch], r)                                   # (b, Nr)
+        d = _sq_dists(f[start:start + batch], r, f_norms[start:start + batch], r_norms)   # (b, Nr)
         fake_in[start:start + batch] = (d <= real_radii[None]).any(1)
         real_in |= (d <= fake_radii[start:start + batch, None]).any(0)
     return fake_in.double().mean().item(), real_in.double().mean().item()

@@ -4,6 +4,7 @@ reference file optionally the FID statistics `mu` (D,), `sigma` (D, D) and the s
 `NpzImages` reads `arr_0` batch by batch from the zip member's stream, so memory holds one batch whatever N is.
 `np.load(mmap_mode=...)` cannot map a member of an `.npz`; the stream works for both kinds numpy writes: `np.savez`
 (members stored) and `np.savez_compressed` (deflated). Nothing is unpickled: an object array is refused.
+`NpzWriter` writes such a file member by member, an array's rows in chunks (stored, as `np.savez` does).
 """
 from __future__ import annotations
 
@@ -108,3 +109,44 @@ def read_stats(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                     raise ValueError(f"{path}: {m} must be (D,) and {s} (D, D), got {mu.shape} and {sigma.shape}")
                 out[kind] = (mu, sigma)
     return out
+
+
+class NpzWriter:
+    """An `.npz` that `np.load` reads, written member by member: `add(name, array)` for a small array,
+    `stream(name, shape, dtype, chunks)` for a large one whose rows arrive in chunks (memory holds one chunk).
+    Members are stored uncompressed, in ZIP64 form, as `np.savez` writes them. Use as a context manager."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._zip = zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True)
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+            npformat.write_array(f, np.asanyarray(array), allow_pickle=False)
+
+    def stream(self, name: str, shape: tuple, dtype, chunks) -> None:
+        """Writes `name`.npy of `shape` and `dtype` from `chunks`, arrays whose rows (first axis) follow each other
+        and add up to shape[0]; a missing or extra row is an error naming the member."""
+        dtype = np.dtype(dtype)
+        rows = 0
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+            npformat.write_array_header_1_0(f, {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False,
+                                                "shape": tuple(shape)})
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype=dtype)
+                if chunk.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"{self.path}: {name} rows are {tuple(shape[1:])}, a chunk has {chunk.shape[1:]}")
+                f.write(chunk.tobytes())
+                rows += len(chunk)
+        if rows != shape[0]:
+            raise ValueError(f"{self.path}: {name} was declared with {shape[0]} rows, {rows} were written")
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
