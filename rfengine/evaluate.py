@@ -5,6 +5,8 @@
     python -m rfengine.evaluate fd --ref VIRTUAL_imagenet256_labeled.npz eval/samples_....npz
     # FD (+ precision/recall) of a digits run's samples against the embedded digits, in digit-classifier features
     python -m rfengine.evaluate fd --ref digits runs/x/eval/samples_ema_euler50_cfg1_n1000_seed0.npz
+    # a reference file in ADM's format from your own image folder (statistics over all of it, 10,000 as arr_0)
+    python -m rfengine.evaluate ref /data/imagenet/train --size 256 --out imagenet256_ref.npz
     # exposure-bias diagnostics of a run (SPEC section 2): curves and spectra as JSON and PNG
     python -m rfengine.evaluate bias --run-dir runs/tiny --steps 20
 
@@ -51,6 +53,14 @@ def fd_command(a) -> dict:
     for note in result["notes"]:
         print(f"rfengine.evaluate: note: {note}", file=sys.stderr)
     return result
+
+
+def ref_command(a) -> dict:
+    from rfengine.eval.reference import make_reference
+    extractor = build_extractor("inception", a.weights, a.device, a.weights_sha256)
+    res = make_reference(a.folder, a.out, extractor, a.size, a.count, a.batch, a.workers, a.seed)
+    print(f"wrote {res['out']}: statistics over {res['n']} images, {res['arr_0']} of them as arr_0")
+    return res
 
 
 def bias_command(a) -> dict:
@@ -124,6 +134,18 @@ def parse_args(argv=None):
     f.add_argument("--pr-batch", type=int, default=1024, help="rows per precision/recall distance block")
     f.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     f.add_argument("--out", help="JSON output (default: next to the samples)")
+    r = sub.add_parser("ref", help="an ADM-format reference file (mu/sigma, mu_s/sigma_s over every image, a random "
+                       "subset as arr_0) from an image folder root/<class>/<image>")
+    r.add_argument("folder", help="image folder with one sub-folder per class (ImageNet's train/)")
+    r.add_argument("--out", required=True, help=".npz to write")
+    r.add_argument("--size", type=int, default=256, help="image size (the run's data.image_size)")
+    r.add_argument("--count", type=int, default=10_000, help="images kept as arr_0 (ADM: 10,000)")
+    r.add_argument("--weights", help="as for fd")
+    r.add_argument("--weights-sha256", help="as for fd")
+    r.add_argument("--batch", type=int, default=50)
+    r.add_argument("--workers", type=int, default=4, help="image decoding processes")
+    r.add_argument("--seed", type=int, default=0, help="which images become arr_0")
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     b = sub.add_parser("bias", help="exposure-bias curves and spectra along Euler trajectories")
     b.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint)")
     b.add_argument("--ckpt")
@@ -139,7 +161,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     a = parse_args(argv)
     try:
-        (fd_command if a.command == "fd" else bias_command)(a)
+        {"fd": fd_command, "ref": ref_command, "bias": bias_command}[a.command](a)
     except (ValueError, FileNotFoundError) as e:
         print(f"rfengine.evaluate: error: {e}", file=sys.stderr)
         return 1

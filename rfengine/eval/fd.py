@@ -95,7 +95,8 @@ def precision_recall(real, fake, k: int = 3, batch: int = 1024, device: str | to
     f = torch.as_tensor(np.asarray(fake), device=device).to(dtype)
     for name, x in (("real", r), ("fake", f)):
         if x.ndim != 2 or x.shape[0] <= k or x.shape[1] != r.shape[1]:
-            raise ValueError(f"precision_recall: {name} features must be (N > {k}, {r.shape[-1]}), got {tuple(x.shape)}")
+            raise ValueError(f"precision_recall: {name} features must be (N > {k}, {r.shape[-1]}), "
+                             f"got {tuple(x.shape)}")
     real_radii, fake_radii = manifold_radii(r, k, batch), manifold_radii(f, k, batch)
     r_norms, f_norms = _sq_norms(r, batch), _sq_norms(f, batch)
     fake_in = torch.zeros(len(f), dtype=torch.bool, device=device)

@@ -89,9 +89,11 @@ def _read_header(f, path: Path, key: str) -> tuple[tuple, np.dtype]:
     return shape, dtype
 
 
-def read_stats(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The statistics a reference file carries: {"pool": (mu, sigma)} and/or {"spatial": (mu_s, sigma_s)}, float64;
-    empty for a file of images only. A file with a mean but no covariance (or the reverse) is refused."""
+def read_stats(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int | None]:
+    """The statistics a reference file carries, float64: ({"pool": (mu, sigma), "spatial": (mu_s, sigma_s)}, each
+    where present, empty for a file of images only), and the number of images behind them where the file records it
+    (`stats_count`, written by `rfengine.eval.reference`; ADM's files do not). A mean without its covariance (or the
+    reverse) is refused."""
     out = {}
     try:
         f = np.load(path, allow_pickle=False)
@@ -108,7 +110,8 @@ def read_stats(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
                     raise ValueError(f"{path}: {m} must be (D,) and {s} (D, D), got {mu.shape} and {sigma.shape}")
                 out[kind] = (mu, sigma)
-    return out
+        count = int(f["stats_count"]) if "stats_count" in f else None
+    return out, count
 
 
 class NpzWriter:

@@ -97,7 +97,7 @@ def score(samples: str, ref: str, make_extractor, batch: int = 50, pr_batch: int
     block; `device`: where the distances are computed. `make_extractor()` builds the feature network once both files
     have been checked (no weights are read or downloaded for a bad input). Returns the JSON-ready result."""
     with ImageSource(samples) as smp_src, ImageSource(ref) as ref_src:
-        file_stats = {} if ref == "digits" else read_stats(ref)
+        file_stats, file_count = ({}, None) if ref == "digits" else read_stats(ref)
         if not smp_src.has_images:
             raise ValueError(f"{samples}: no arr_0 (expected uint8 images N x H x W x C)")
         if not ref_src.has_images and "pool" not in file_stats:
@@ -112,7 +112,7 @@ def score(samples: str, ref: str, make_extractor, batch: int = 50, pr_batch: int
         mu, sigma = smp["stats"][kind].stats()
         if kind in file_stats:
             ref_mu, ref_sigma = file_stats[kind]
-            ref_from = {"source": "statistics stored in the reference file", "n": None}
+            ref_from = {"source": "statistics stored in the reference file", "n": file_count}
         elif ref_side is not None:
             ref_mu, ref_sigma = ref_side["stats"][kind].stats()
             ref_from = {"source": "computed from the reference file's arr_0", "n": ref_side["n"]}

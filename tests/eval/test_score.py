@@ -71,6 +71,10 @@ def test_a_reference_files_mu_sigma_are_used_and_named(files, tmp_path):
     assert 0 <= res["precision"] <= 1 and 0 <= res["recall"] <= 1 and res["inception_score"] > 1
     assert res["inception_score_splits"] == 1 and res["features"] == TinyFeatures.info
 
+    # a file that records how many images its statistics came from (as `evaluate ref` writes) is believed
+    np.savez(tmp_path / "counted.npz", arr_0=ref_images, stats_count=np.array(300), **stats)
+    assert run(samples, tmp_path / "counted.npz")["statistics"]["fid"]["ref"]["n"] == 300
+
     # other arr_0 images beside the same mu/sigma: the same FID and sFID, other precision/recall
     np.savez(tmp_path / "other_images.npz", arr_0=images(25, 9, offset=60), **stats)
     other = run(samples, tmp_path / "other_images.npz")
@@ -111,6 +115,7 @@ def test_bad_reference_files_are_named_in_one_line(files, tmp_path, capsys):
     np.savez(tmp_path / "wrong_dims.npz", arr_0=ref_images, mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(ValueError, match="has mu without sigma"):
         read_stats(tmp_path / "half.npz")
+    assert read_stats(tmp_path / "wrong_dims.npz")[1] is None             # ADM's files do not say how many images
     with pytest.raises(ValueError, match="its fid statistics have 2048 dims, the tiny test network's features 6"):
         run(samples, tmp_path / "wrong_dims.npz")
     np.save(tmp_path / "plain.npy", ref_images)
@@ -191,3 +196,30 @@ def test_the_command_line_scores_against_an_adm_reference_with_a_standin_incepti
     assert res["precision_recall"] == {"k": 3, "n_ref": 4, "n_samples": 4}
     assert res["features"]["sha256"] == sha and res["features"]["published_weights"] is False
     assert any("not comparable with published numbers" in n for n in res["notes"])
+
+
+def test_a_reference_made_from_an_image_folder_holds_adms_members_and_its_count(standin_weights, tmp_path):
+    """`evaluate ref`: statistics over every image of a class folder, a seeded subset as arr_0, the count recorded."""
+    from PIL import Image
+    from rfengine.data.folder import ImageFolderDataset
+    from rfengine.eval import InceptionFeatures
+    from rfengine.eval.fd import feature_stats
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        folder = tmp_path / "train" / f"n0{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20 + i, 18, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    path, sha = standin_weights
+    out = tmp_path / "ref.npz"
+    assert evaluate.main(["ref", str(tmp_path / "train"), "--out", str(out), "--size", "16", "--count", "4",
+                          "--weights", str(path), "--weights-sha256", sha, "--workers", "0", "--device", "cpu"]) == 0
+    with np.load(out) as f:
+        assert f["arr_0"].shape == (4, 16, 16, 3) and f["arr_0"].dtype == np.uint8 and int(f["stats_count"]) == 5
+        assert f["mu"].shape == (2048,) and f["sigma_s"].shape == (2023, 2023)
+        mu, arr_0 = f["mu"], f["arr_0"]
+    images = torch.stack([x for x, _ in ImageFolderDataset(tmp_path / "train", 16)])
+    feats = InceptionFeatures(path, sha256=sha).extract(images)
+    np.testing.assert_allclose(mu, feature_stats(feats["pool"])[0], rtol=1e-5, atol=1e-6)  # all 5, not the 4
+    as_uint8 = ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert sum(any(np.array_equal(a, b) for b in as_uint8) for a in arr_0) == 4        # arr_0: 4 of the images
+    assert read_stats(out)[1] == 5
