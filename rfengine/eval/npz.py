@@ -31,7 +31,7 @@ class NpzImages:
             self._zip = zipfile.ZipFile(self.path)
         except zipfile.BadZipFile as e:
             raise ValueError(f"{self.path}: not an .npz file ({e})") from e
-        self._member = f"{key}.npy"
+        self._key, self._member = key, f"{key}.npy"
         try:
             if self._member not in self._zip.namelist():
                 raise ValueError(f"{self.path}: no {key} (expected uint8 images N x H x W x C)")
@@ -53,16 +53,19 @@ class NpzImages:
             raise ValueError(f"batch size: expected >= 1, got {size}")
         per_image = int(np.prod(self.shape[1:]))
         with self._zip.open(self._member) as f:
-            _read_header(f, self.path, "arr_0")
+            _read_header(f, self.path, self._key)
             for start in range(0, len(self), size):
                 b = min(size, len(self) - start)
                 buf = bytearray(b * per_image)
                 got, view = 0, memoryview(buf)
-                while got < len(buf) and (n := f.readinto(view[got:])):
-                    got += n
+                try:
+                    while got < len(buf) and (n := f.readinto(view[got:])):
+                        got += n
+                except (zipfile.BadZipFile, OSError) as e:  # a CRC or decompression error: damaged bytes
+                    raise ValueError(f"{self.path}: {self._key} is damaged ({e})") from e
                 if got != len(buf):
-                    raise ValueError(f"{self.path}: arr_0 ends after {start + got // per_image} of {len(self)} "
-                                     "images (a truncated file)")
+                    raise ValueError(f"{self.path}: {self._key} ends after {start + got // per_image} of "
+                                     f"{len(self)} images (a truncated file)")
                 yield np.frombuffer(buf, np.uint8).reshape(b, *self.shape[1:])
 
     def close(self) -> None:
@@ -82,7 +85,7 @@ def _read_header(f, path: Path, key: str) -> tuple[tuple, np.dtype]:
         if read is None:
             raise ValueError(f".npy format version {version}")
         shape, fortran, dtype = read(f)
-    except ValueError as e:
+    except (ValueError, zipfile.BadZipFile, OSError) as e:  # a bad header, or a CRC/decompression error
         raise ValueError(f"{path}: {key} is not a readable .npy array ({e})") from e
     if fortran:
         raise ValueError(f"{path}: {key} is stored in Fortran order; save it C-contiguous (np.ascontiguousarray)")

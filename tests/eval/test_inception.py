@@ -112,7 +112,7 @@ def test_missing_weights_are_named(tmp_path, monkeypatch):
 
 def test_same_features_as_torch_fidelity(standin_weights, net):
     """Where torch-fidelity imports (it needs torchvision), its InceptionV3 with the same weights gives the same
-    pool features and IS logits bit for bit (checked on 2026-12-01 against its 5e211a9 on CPU)."""
+    pool features and IS logits bit for bit (checked on 2026-12-04 against its commit 5e211a9, on CPU)."""
     tf = pytest.importorskip("torch_fidelity")
     theirs = tf.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                             feature_extractor_weights_path=str(standin_weights[0]))

@@ -118,6 +118,9 @@ def test_bad_reference_files_are_named_in_one_line(files, tmp_path, capsys):
     assert read_stats(tmp_path / "wrong_dims.npz")[1] is None             # ADM's files do not say how many images
     with pytest.raises(ValueError, match="its fid statistics have 2048 dims, the tiny test network's features 6"):
         run(samples, tmp_path / "wrong_dims.npz")
+    np.savez(tmp_path / "three.npz", arr_0=ref_images[:3])
+    with pytest.raises(ValueError, match="three.npz: 3 images in arr_0; precision/recall .k = 3. needs at least 4"):
+        run(samples, tmp_path / "three.npz")
     np.save(tmp_path / "plain.npy", ref_images)
     assert evaluate.main(["fd", str(samples), "--ref", str(tmp_path / "plain.npy"), "--features", "inception"]) == 1
     err = capsys.readouterr().err
@@ -165,6 +168,13 @@ def test_npz_reader_streams_stored_and_compressed_members_and_refuses_bad_ones(t
             m.write(arr[:5].tobytes())
     with NpzImages(tmp_path / "short.npz") as f, pytest.raises(ValueError, match="ends after 5 of 11 images"):
         list(f.batches(4))
+    big = images(3000, 7, size=5)
+    np.savez(tmp_path / "flipped.npz", arr_0=big)
+    raw = bytearray((tmp_path / "flipped.npz").read_bytes())
+    raw[raw.find(big[1500].tobytes())] ^= 0xFF                                 # one damaged byte: the CRC says so
+    (tmp_path / "flipped.npz").write_bytes(raw)
+    with NpzImages(tmp_path / "flipped.npz") as f, pytest.raises(ValueError, match="arr_0 is damaged .*CRC"):
+        list(f.batches(1000))
     np.savez(tmp_path / "fortran.npz", arr_0=np.asfortranarray(arr))
     with pytest.raises(ValueError, match="Fortran order"):
         NpzImages(tmp_path / "fortran.npz")
