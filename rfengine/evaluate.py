@@ -42,7 +42,7 @@ def fd_command(a) -> dict:
     if not samples or (a.samples_pos and a.samples and a.samples_pos != a.samples):
         raise ValueError("fd: give the sample file once (SAMPLES.npz, or --samples SAMPLES.npz)")
     features = a.features or ("digits" if a.ref == "digits" else "inception")
-    result = score(samples, a.ref, lambda: build_extractor(features, a.weights, a.device, a.weights_sha256),
+    result = score(samples, a.ref, lambda: build_extractor(features, a.weights, a.device, a.weights_sha256, a.batch),
                    a.batch, a.pr_batch, a.device)
     meta = Path(samples).with_suffix(".json")
     if meta.is_file():
@@ -57,7 +57,7 @@ def fd_command(a) -> dict:
 
 def ref_command(a) -> dict:
     from rfengine.eval.reference import make_reference
-    extractor = build_extractor("inception", a.weights, a.device, a.weights_sha256)
+    extractor = build_extractor("inception", a.weights, a.device, a.weights_sha256, a.batch)
     res = make_reference(a.folder, a.out, extractor, a.size, a.count, a.batch, a.workers, a.seed)
     print(f"wrote {res['out']}: statistics over {res['n']} images, {res['arr_0']} of them as arr_0")
     return res

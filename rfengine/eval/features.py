@@ -163,11 +163,13 @@ class InceptionFeatures:
         return self.net.logits(pool.to(self.device, torch.float32)).cpu()
 
 
-def build_extractor(name: str, weights: str | None = None, device="cpu", sha256: str | None = None):
+def build_extractor(name: str, weights: str | None = None, device="cpu", sha256: str | None = None,
+                    batch: int = 50):
     """`digits` (the shipped classifier, or `weights`) or `inception` (`weights`: a local file, or None for the
-    torch hub cache / download; `sha256`: the expected hash, the published file's by default)."""
+    torch hub cache / download; `sha256`: the expected hash, the published file's by default; `batch`: images per
+    network pass)."""
     if name == "digits":
         return DigitsFeatures(weights)
     if name == "inception":
-        return InceptionFeatures(weights, device, sha256 or inception.PUBLISHED_SHA256)
+        return InceptionFeatures(weights, device, sha256 or inception.PUBLISHED_SHA256, batch)
     raise ValueError(f"features: expected 'digits' or 'inception', got {name!r}")

@@ -104,7 +104,8 @@ def score(samples: str, ref: str, make_extractor, batch: int = 50, pr_batch: int
             raise ValueError(f"{ref}: neither arr_0 images nor mu/sigma statistics")
         for spec, src in ((samples, smp_src), (ref, ref_src)):
             if src.has_images and len(src) <= K:
-                raise ValueError(f"{spec}: {len(src)} images in arr_0; precision/recall (k = {K}) needs at least {K + 1}")
+                raise ValueError(f"{spec}: {len(src)} images in arr_0; precision/recall (k = {K}) needs "
+                                 f"at least {K + 1}")
         extractor = make_extractor()
         ref_side = featurize(extractor, ref_src, batch) if ref_src.has_images else None
         smp = featurize(extractor, smp_src, batch)
