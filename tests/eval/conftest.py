@@ -1,5 +1,5 @@
 """A stand-in for the FID Inception weights (the published file's format and keys, random values), made once per
-session: the real file cannot be downloaded here."""
+test run: the real file cannot be downloaded here."""
 import pytest
 
 from rfengine import storage
