@@ -24,7 +24,7 @@ from rfengine.flow import DIFFUSIONS, LAST_STEPS, METHODS, integrate, with_cfg
 
 log = logging.getLogger("rfengine")
 # Images the VAE decodes at a time: its decoder's activations at full resolution are many times the
-# image, so a large --batch is decoded in parts (DiT's sample_ddp.py decodes 32 per process).
+# image, so a large --batch is decoded in parts (DiT's sample_ddp.py decodes 32 per process at once).
 DECODE_BATCH = 32
 
 
@@ -193,10 +193,12 @@ def _chunk(model, vae, cfg, shape, a, rows: range, labels, device, sampler: dict
     x = generate(model, shape=shape, n=len(rows), labels=lab, method=a.method, steps=a.steps, cfg_scale=a.cfg,
                  shift=a.shift, device=device, null_class=model.null_class, noise=noise,
                  cfg_channels=a.cfg_channels, cfg_interval=a.cfg_interval, generator=gen, stats=stats, **sampler)
-    if vae is not None:
-        from rfengine.data.vae import decode
-        x = decode(vae, x, cfg.data.scale_factor, batch=DECODE_BATCH)
-    return to_uint8(x), stats.get("nfe")
+    if vae is None:
+        return to_uint8(x), stats.get("nfe")
+    from rfengine.data.vae import decode
+    # decoded and made uint8 a part at a time: the chunk's float images never exist all at once
+    return np.concatenate([to_uint8(decode(vae, z, cfg.data.scale_factor)) for z in x.split(DECODE_BATCH)]), \
+        stats.get("nfe")
 
 
 def sample_main(argv=None) -> int:

@@ -46,9 +46,7 @@ def same_vae(a: dict, b: dict) -> bool:
 
 
 @torch.no_grad()
-def decode(vae, latents: torch.Tensor, scale_factor: float, batch: int | None = None) -> torch.Tensor:
-    """Images in [-1, 1] (N, 3, H, W) from scaled latents (N, 4, h, w): vae.decode(latents/scale_factor),
-    as DiT/SiT's sample.py does; `batch` images at a time (None: all at once)."""
-    dtype = next(vae.parameters()).dtype
-    parts = latents.split(batch or max(len(latents), 1))
-    return torch.cat([vae.decode(z.to(dtype) / scale_factor).sample.float().clamp(-1, 1) for z in parts])
+def decode(vae, latents: torch.Tensor, scale_factor: float) -> torch.Tensor:
+    """Images in [-1, 1] (N, 3, H, W) float32 from scaled latents (N, 4, h, w): vae.decode(latents /
+    scale_factor), as DiT/SiT's sample.py does."""
+    return vae.decode(latents.to(next(vae.parameters()).dtype) / scale_factor).sample.float().clamp(-1, 1)
