@@ -2,8 +2,8 @@
 `python -m rfengine.sample` runs as users run it, on 2 processes (torchrun), for a tiny latent model
 (DiT-T/4 on 4x32x32 latents, 1000 classes) decoded by a tiny random diffusers AutoencoderKL with
 sd-vae-ft-ema's structure into 256x256x3 images, so every image weighs what an ImageNet-256 sample
-weighs (196,608 bytes). Each process records its peak resident set (ru_maxrss); rank 0's includes the
-merge into the .npz.
+weighs (196,608 bytes). Each process records its peak resident set (VmHWM); rank 0's includes the
+merge into the .npz, measured apart (the high-water mark is reset between the phases).
 
     python bench/sample_memory.py --counts 2000 8000 --out bench/results/<machine>_sample_memory
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,35 @@ sys.path.insert(0, str(ROOT))
 IMAGE_BYTES = 256 * 256 * 3
 
 
+def _peak_mib(reset: bool = False) -> float:
+    """This process's resident-set high-water mark (VmHWM) since start or the last reset; `reset` then
+    starts a new one (Linux: /proc/self/clear_refs)."""
+    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    return hwm / 1024
+
+
 def worker(argv: list[str], report: Path) -> int:
-    """One torchrun process: the sampling command line, then this process's peak RSS into `report`."""
-    from rfengine import sample
+    """One torchrun process: the sampling command line, with this process's peak RSS in each phase into
+    `report`: up to the merge (start-up, model and VAE, sampling its chunks), the merge (rank 0), and
+    after it (the grid and the metadata, rank 0)."""
+    from rfengine import sample, sample_shards
+    phases = {}
+    merge = sample_shards.merge
+
+    def measured_merge(*args, **kwargs):
+        phases["sampling"] = _peak_mib(reset=True)
+        try:
+            return merge(*args, **kwargs)
+        finally:
+            phases["merge"] = _peak_mib(reset=True)
+    sample_shards.merge = measured_merge
     rc = sample.sample_main(argv)
+    phases["after merge" if "merge" in phases else "sampling"] = _peak_mib()
     rank = int(os.environ.get("RANK", "0"))
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    (report / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "peak_rss_mib": peak_kib / 1024, "rc": rc}))
+    (report / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "peak_rss_mib": phases, "rc": rc}))
     return rc
 
 
@@ -56,7 +77,7 @@ def measure(count: int, batch: int, procs: int, folder: Path, model: Path, vae: 
     npz = next((folder / f"samples_{count}").glob("*.npz"))
     return {"count": count, "processes": procs, "chunk_images": batch, "chunk_mib": batch * IMAGE_BYTES / 2**20,
             "npz_mib": npz.stat().st_size / 2**20, "all_images_mib": count * IMAGE_BYTES / 2**20,
-            "peak_rss_mib": [x["peak_rss_mib"] for x in ranks], "seconds": seconds}
+            "peak_rss_mib_by_rank": [x["peak_rss_mib"] for x in ranks], "seconds": seconds}
 
 
 def main() -> int:
@@ -85,9 +106,10 @@ def main() -> int:
         for count in a.counts:
             res = measure(count, a.batch, a.procs, tmp, tmp / "model.pt", vae)
             results.append(res)
-            print(f"N={count}: peak RSS per process {', '.join(f'{m:.0f}' for m in res['peak_rss_mib'])} MiB "
-                  f"(chunk {res['chunk_mib']:.0f} MiB, all images {res['all_images_mib']:.0f} MiB, "
-                  f".npz {res['npz_mib']:.0f} MiB), {res['seconds']:.0f} s", flush=True)
+            peaks = "; ".join(f"rank {r}: " + ", ".join(f"{k} {v:.0f}" for k, v in ph.items())
+                              for r, ph in enumerate(res["peak_rss_mib_by_rank"]))
+            print(f"N={count}: peak RSS (MiB) {peaks} (chunk {res['chunk_mib']:.0f} MiB, all images "
+                  f"{res['all_images_mib']:.0f} MiB, .npz {res['npz_mib']:.0f} MiB), {res['seconds']:.0f} s", flush=True)
     info = device_info()
     info["command"] = "python bench/sample_memory.py " + " ".join(sys.argv[1:])
     (out / "sample_memory.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
