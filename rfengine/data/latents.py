@@ -51,9 +51,10 @@ def vae_problem(meta: dict, vae: str) -> str | None:
         named = vae_identity(load_vae(vae, None, "cpu", offline=True))
     except ValueError as e:
         if Path(vae.rstrip("/")).name == Path(str(made).rstrip("/")).name:
-            log.warning("data.vae %r is not on this machine, so it cannot be compared with the VAE the latents were "
-                        "made with, %s (weights SHA-256 %s); that folder has its name, so it is taken for a copy",
-                        vae, made, recorded["sha256"][:16])
+            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # said once, not per process
+                log.warning("data.vae %r is not on this machine, so it cannot be compared with the VAE the latents were "
+                            "made with, %s (weights SHA-256 %s); that folder has its name, so it is taken for a copy",
+                            vae, made, recorded["sha256"][:16])
             return None
         return (f"data.vae is {vae!r} but the shards were encoded with {made!r} (weights SHA-256 "
                 f"{recorded['sha256'][:16]}), and {vae!r} cannot be loaded here to compare them ({e})")

@@ -35,6 +35,10 @@ def test_sample_writes_npz_grid_and_metadata(run_dir, tmp_path):
     meta = json.loads((tmp_path / f"{stem}.json").read_text())
     assert meta["steps"] == 2 and meta["weights"] == "ema" and meta["num"] == 7 and meta["step"] == 3
     assert meta["labels"] == "uniform" and meta["batch"] == 3
+    before = (tmp_path / f"{stem}.npz").stat().st_mtime_ns  # the same command again: complete, nothing to do
+    assert sample.sample_main(["--run-dir", str(run_dir), "--count", "7", "--batch", "3", "--steps", "2",
+                               "--out", str(tmp_path)]) == 0
+    assert (tmp_path / f"{stem}.npz").stat().st_mtime_ns == before
     assert sample.sample_main(["--run-dir", str(run_dir), "--count", "7", "--batch", "3", "--steps", "2",
                                "--out", str(tmp_path), "--labels", "balanced"]) == 0
     with np.load(tmp_path / "samples_ema_step3_euler2_cfg1_balanced_n7_seed0.npz") as f:
