@@ -109,7 +109,8 @@ def main() -> int:
             peaks = "; ".join(f"rank {r}: " + ", ".join(f"{k} {v:.0f}" for k, v in ph.items())
                               for r, ph in enumerate(res["peak_rss_mib_by_rank"]))
             print(f"N={count}: peak RSS (MiB) {peaks} (chunk {res['chunk_mib']:.0f} MiB, all images "
-                  f"{res['all_images_mib']:.0f} MiB, .npz {res['npz_mib']:.0f} MiB), {res['seconds']:.0f} s", flush=True)
+                  f"{res['all_images_mib']:.0f} MiB, .npz {res['npz_mib']:.0f} MiB), {res['seconds']:.0f} s",
+                  flush=True)
     info = device_info()
     info["command"] = "python bench/sample_memory.py " + " ".join(sys.argv[1:])
     (out / "sample_memory.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))

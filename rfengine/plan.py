@@ -244,8 +244,8 @@ def render(p: dict) -> str:
                      f"({p['per_gpu_batch'] * p['gpus'] / p['step_seconds']:.0f} images/s in all)")
         before = (f" (plain FM before the switch at step {p['switch_step']:,}: {p['step_seconds_before_switch']:.3f} "
                   "s/step)" if p["switch_step"] else "")
-        lines.append(f"the run: {p['train_steps']:,} steps in {p['run_days']:.1f} days ({p['run_days'] * 24:.0f} hours) "
-                     f"at this step time{before}")
+        lines.append(f"the run: {p['train_steps']:,} steps in {p['run_days']:.1f} days "
+                     f"({p['run_days'] * 24:.0f} hours) at this step time{before}")
     lines.append(f"disk: a checkpoint {p['checkpoint_bytes'] / 1e9:.1f} GB; the run folder holds up to "
                  f"{p['run_folder_bytes'] / 1e9:.1f} GB ({p['keep_ckpts'] + 1} checkpoints while one is written, "
                  "the EMA export)")

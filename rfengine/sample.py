@@ -160,8 +160,8 @@ def _settings(a, path: Path, step: int | None, vae_id: str | None) -> dict:
     """Everything that decides the samples (and the chunking): what a restart must match."""
     sampler = {"sde": ("diffusion", "diffusion_norm", "last_step", "last_step_size", "sample_eps"),
                "dopri5": ("atol", "rtol")}.get(a.method, ())
-    return {"checkpoint": str(Path(path).resolve()), "step": step, "weights": a.weights, "method": a.method, "steps": a.steps,
-            "cfg": a.cfg, "cfg_channels": a.cfg_channels, "cfg_interval": a.cfg_interval, "shift": a.shift,
+    return {"checkpoint": str(Path(path).resolve()), "step": step, "weights": a.weights, "method": a.method,
+            "steps": a.steps, "cfg": a.cfg, "cfg_channels": a.cfg_channels, "cfg_interval": a.cfg_interval, "shift": a.shift,
             "labels": a.labels, "num": a.count, "seed": a.seed, "batch": a.batch, "vae_sha256": vae_id,
             **{k: getattr(a, k) for k in sampler}}
 

@@ -78,8 +78,8 @@ def test_every_objective_switch_plans(switch):
 def test_plan_command_prints_per_gpu_memory_and_time(capsys):
     assert plan.main(["--config", "configs/imagenet256_fm.yaml", "--gpus", "8", "--set", "model.arch=SiT-S/2"]) == 0
     out = capsys.readouterr().out
-    for text in ("per GPU:", "DDP gradient buckets", "activations (AC full", "largest per-GPU batch", "step time at 40%",
-                 "the run: 400,000 steps in", "disk: a checkpoint"):
+    for text in ("per GPU:", "DDP gradient buckets", "activations (AC full", "largest per-GPU batch",
+                 "step time at 40%", "the run: 400,000 steps in", "disk: a checkpoint"):
         assert text in out
     assert plan.main(["--config", "configs/imagenet256_fm.yaml", "--gpus", "3"]) == 1  # 256 does not split over 3
 

@@ -51,7 +51,8 @@ def vae_problem(meta: dict, vae: str) -> str | None:
         named = vae_identity(load_vae(vae, None, "cpu", offline=True))
     except ValueError as e:
         if Path(vae.rstrip("/")).name == Path(str(made).rstrip("/")).name:
-            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # said once, not per process
+            # said once, not once per process
+            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
                 log.warning("data.vae %r is not on this machine, so it cannot be compared with the VAE the latents were "
                             "made with, %s (weights SHA-256 %s); that folder has its name, so it is taken for a copy",
                             vae, made, recorded["sha256"][:16])

@@ -18,7 +18,8 @@ def load_vae(name: str, subfolder: str | None, device: torch.device | str, offli
         raise ValueError("the VAE needs diffusers: pip install -e \".[latents]\"") from e
     try:
         # (low_cpu_mem_usage needs `accelerate`; without it diffusers warns on every load, for a 0.3 GB model)
-        vae = AutoencoderKL.from_pretrained(name, subfolder=subfolder, local_files_only=offline, low_cpu_mem_usage=False)
+        vae = AutoencoderKL.from_pretrained(name, subfolder=subfolder, local_files_only=offline,
+                                            low_cpu_mem_usage=False)
     except Exception as e:  # a wrong path, no network for a hub name, not a VAE folder
         raise ValueError(f"--vae {name!r}: cannot load an AutoencoderKL ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from e

@@ -55,7 +55,8 @@ def test_a_different_vae_is_refused_in_one_line(latents, tmp_path, which):
         _dataset(latents, vae)
     msg = str(e.value)
     assert "\n" not in msg and "disagree with the config" in msg
-    assert ("is not the VAE the shards were encoded with" if which == "other weights" else "cannot be loaded here") in msg
+    want = "is not the VAE the shards were encoded with" if which == "other weights" else "cannot be loaded here"
+    assert want in msg
 
 
 def _train(tmp_path, latents, vae, name):

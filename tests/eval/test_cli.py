@@ -1,6 +1,6 @@
 """The measurement commands end to end on a tiny trained run: sampling (its file, labels and default
-folders; many processes and resuming: test_sample_at_scale.py), FD against the embedded digits with the shipped classifier, exposure-bias diagnostics,
-and the sampler options."""
+folders; many processes and resuming: test_sample_at_scale.py), FD against the embedded digits with the
+shipped classifier, exposure-bias diagnostics, and the sampler options."""
 import json
 import shutil
 
