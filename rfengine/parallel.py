@@ -1,11 +1,14 @@
 """Process groups and model wrapping. One process is world size 1; torchrun sets RANK/WORLD_SIZE."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("rfengine")
 
 
 @dataclass
@@ -57,8 +60,7 @@ def _attempt_store(rank: int, world: int):
         return None
     if not one_node:
         if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and rank == 0:
-            import logging
-            logging.getLogger("rfengine").warning(
+            log.warning(
                 "torchrun --max-restarts across nodes with the agent's shared store: a restarted group can fail "
                 "to form; launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/cluster.md)")
         return None

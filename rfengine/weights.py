@@ -89,6 +89,8 @@ def init_weights(model: torch.nn.Module, ema: torch.nn.Module, path: str | Path,
     """`train.init_from`: the weights at `path` into a freshly built `model` and its `ema` (step 0,
     nothing else is taken); returns a description of what was loaded. Strict: missing, unexpected and
     wrongly shaped keys are named in one ValueError, and a learn_sigma mismatch says which setting fits."""
+    if not Path(path).exists():
+        raise ValueError(f"train.init_from: no such file or folder: {path}")
     state, meta, what = read(path, weights)
     if state is None:  # sharded: read into the full tensors of this model
         state = strip_prefixes(load_sharded(meta["sharded"], {_key(weights): model.state_dict()})[_key(weights)])

@@ -93,6 +93,30 @@ def test_keep_ckpts_prunes_old_ones(tmp_path):
     assert len(read_metrics(tmp_path)) == 6
 
 
+def test_a_fresh_run_into_a_used_folder_is_refused(tmp_path, capsys):
+    """Without --resume, a folder that holds another run's checkpoints or metrics is refused in one line
+    naming both ways on, and nothing in it changes; `--resume auto` continues the run there."""
+    import shutil
+
+    from rfengine import train
+    from tests.helpers import ROOT, TINY
+    run = tmp_path / "run"
+    Trainer(tiny_cfg(run, "train.steps=2")).run()
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    args = ["--config", str(ROOT / "configs" / "tiny_fm.yaml"), *set_args(*TINY, f"train.out_dir={run}", "train.steps=3")]
+    assert train.main(args) == 1
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("rfengine: error:")]
+    assert len(lines) == 1 and f"train.out_dir {run} already holds a run" in lines[0], lines
+    assert "step_00000002.pt" in lines[0] and "metrics.jsonl" in lines[0]
+    assert "--resume auto" in lines[0] and "a fresh train.out_dir" in lines[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    shutil.rmtree(run / "checkpoints")  # metrics alone (a run stopped before its first checkpoint)
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl\)"):
+        Trainer(tiny_cfg(run, "train.steps=3"))
+    assert train.main([*args, "--resume", "auto"]) == 0
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+
+
 def _sharded(folder, step, value=1.0):
     """A one-process sharded checkpoint of a small tensor dict."""
     return checkpoint.save_sharded({"model": {"w": torch.full((3, 5), value)}}, {"step": step},
