@@ -57,12 +57,7 @@ def read(path: str | Path, weights: str = "ema") -> tuple[dict | None, dict | No
         if held != weights:
             raise ValueError(f"{path} holds the {held} weights, not {weights!r}")
         return strip_prefixes(state), meta, f"rfengine safetensors export ({held} weights)"
-    try:
-        obj = checkpoint.read_pt(path, "weights file")
-    except checkpoint.UnsafeFileError:
-        raise
-    except Exception as e:
-        raise ValueError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}: {e})") from e
+    obj = checkpoint.read_pt(path, "weights file")
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return strip_prefixes(obj), None, "raw state dict (released weights)"
     if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
