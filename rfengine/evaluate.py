@@ -1,62 +1,66 @@
 """Measurement from the command line: python -m rfengine.evaluate
 
-    # FD (+ precision/recall) of a sample file against the embedded digits, in digit-classifier features
-    python -m rfengine.evaluate fd --samples runs/x/eval/samples_ema_euler50_cfg1_n1000_seed0.npz --ref digits
-    # standard FID: Inception-v3 from a local TorchScript file, reference images as an .npz (uint8 NHWC)
-    python -m rfengine.evaluate fd --samples S.npz --ref ref.npz --features inception --weights inception-2015-12-05.pt
+    # FID, sFID, Inception Score, precision/recall of 50,000 samples against ADM's reference batch (its mu/sigma:
+    # the whole training set; its 10,000 images: the precision/recall reference), in the TF FID Inception's features
+    python -m rfengine.evaluate fd --ref VIRTUAL_imagenet256_labeled.npz eval/samples_....npz
+    # FD (+ precision/recall) of a digits run's samples against the embedded digits, in digit-classifier features
+    python -m rfengine.evaluate fd --ref digits runs/x/eval/samples_ema_euler50_cfg1_n1000_seed0.npz
+    # a reference file in ADM's format from your own image folder (statistics over all of it, 10,000 as arr_0)
+    python -m rfengine.evaluate ref /data/imagenet/train --size 256 --out imagenet256_ref.npz
     # exposure-bias diagnostics of a run (SPEC section 2): curves and spectra as JSON and PNG
     python -m rfengine.evaluate bias --run-dir runs/tiny --steps 20
 
 Every score is written as JSON next to the samples with the sampler settings read from the sample
-file's metadata (sampler, steps, CFG, weights, count, seed).
+file's metadata (sampler, steps, CFG, weights, count, seed). docs/evaluation.md describes the metrics, the
+Inception network and its weights, reference files and how the numbers relate to ADM's evaluator.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from rfengine.eval import build_extractor, feature_stats, frechet_distance, precision_recall
+from rfengine import storage
+from rfengine.eval import build_extractor
+from rfengine.eval.score import ImageSource, score
 
 
 def load_images(spec: str) -> torch.Tensor:
-    """'digits' (the embedded set) or an .npz with arr_0 uint8 (N, H, W, C) -> (N, C, H, W) in [-1, 1]."""
-    if spec == "digits":
-        from rfengine.data.digits import DigitsDataset
-        return DigitsDataset(16).images
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"images not found: {path} (expected 'digits' or an .npz with arr_0)")
-    with np.load(path) as f:
-        if "arr_0" not in f:
-            raise ValueError(f"{path}: no arr_0 (expected uint8 images N x H x W x C)")
-        arr = f["arr_0"]
-    if arr.dtype != np.uint8 or arr.ndim != 4:
-        raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, C), got {arr.dtype} {arr.shape}")
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+    """'digits' (the embedded set) or an .npz with arr_0 uint8 (N, H, W, C) -> (N, C, H, W) in [-1, 1], all at once
+    (for small sets; `evaluate fd` streams)."""
+    with ImageSource(spec) as src:
+        if not src.has_images:
+            raise ValueError(f"{spec}: no arr_0 (expected uint8 images N x H x W x C)")
+        return torch.cat(list(src.batches(4096)))
 
 
 def fd_command(a) -> dict:
-    fake = load_images(a.samples)
-    real = load_images(a.ref)
-    extractor = build_extractor(a.features, a.weights, a.device)
-    ff, rf = extractor(fake), extractor(real)
-    result = {"fd": frechet_distance(*feature_stats(ff), *feature_stats(rf)), "n_fake": len(ff), "n_real": len(rf),
-              "features": a.features, "feature_weights": a.weights, "ref": a.ref, "samples": a.samples}
-    if a.features == "digits":
-        result["feature_accuracy"] = extractor.accuracy
-    if len(ff) * len(rf) <= 25_000_000:  # pairwise distances stay cheap
-        result["precision"], result["recall"] = precision_recall(rf, ff)
-    meta = Path(a.samples).with_suffix(".json")
+    samples = a.samples_pos or a.samples
+    if not samples or (a.samples_pos and a.samples and a.samples_pos != a.samples):
+        raise ValueError("fd: give the sample file once (SAMPLES.npz, or --samples SAMPLES.npz)")
+    features = a.features or ("digits" if a.ref == "digits" else "inception")
+    result = score(samples, a.ref, lambda: build_extractor(features, a.weights, a.device, a.weights_sha256),
+                   a.batch, a.pr_batch, a.device)
+    meta = Path(samples).with_suffix(".json")
     if meta.is_file():
         result["sampling"] = json.loads(meta.read_text())
-    out = Path(a.out) if a.out else Path(a.samples).with_name(Path(a.samples).stem + f"_fd_{a.features}.json")
-    out.write_text(json.dumps(result, indent=1))
+    out = Path(a.out) if a.out else Path(samples).with_name(Path(samples).stem + f"_fd_{features}.json")
+    storage.write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "sampling"}, indent=1))
+    for note in result["notes"]:
+        print(f"rfengine.evaluate: note: {note}", file=sys.stderr)
     return result
+
+
+def ref_command(a) -> dict:
+    from rfengine.eval.reference import make_reference
+    extractor = build_extractor("inception", a.weights, a.device, a.weights_sha256)
+    res = make_reference(a.folder, a.out, extractor, a.size, a.count, a.batch, a.workers, a.seed)
+    print(f"wrote {res['out']}: statistics over {res['n']} images, {res['arr_0']} of them as arr_0")
+    return res
 
 
 def bias_command(a) -> dict:
@@ -110,13 +114,38 @@ def _plot_bias(res: dict, path: Path) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="rfengine measurements: FD/FID and exposure-bias diagnostics.")
     sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fd", help="Fréchet distance (+ precision/recall) of samples against reference images")
-    f.add_argument("--samples", required=True, help=".npz from python -m rfengine.sample (arr_0 uint8 NHWC)")
-    f.add_argument("--ref", default="digits", help="'digits' or an .npz of reference images")
-    f.add_argument("--features", default="digits", choices=["digits", "inception"])
-    f.add_argument("--weights", help="feature network file (inception: a local TorchScript file)")
+    f = sub.add_parser("fd", help="FID, sFID, Inception Score and precision/recall of samples against a reference",
+                       description="Scores SAMPLES.npz (arr_0 uint8 N x H x W x C) against --ref. The reference's "
+                       "mu/sigma (and mu_s/sigma_s) are used where the file has them (ADM's reference batches), "
+                       "else statistics of its arr_0; its arr_0 is the precision/recall reference. Images are read "
+                       "a batch at a time. The JSON result names the statistics used and the images behind each side.")
+    f.add_argument("samples_pos", nargs="?", metavar="SAMPLES.npz", help=".npz from python -m rfengine.sample")
+    f.add_argument("--samples", help="the same, as an option")
+    f.add_argument("--ref", default="digits", help="'digits', or an .npz in ADM's format: arr_0 images and/or "
+                   "mu, sigma (mu_s, sigma_s), e.g. VIRTUAL_imagenet256_labeled.npz")
+    f.add_argument("--features", choices=["digits", "inception"],
+                   help="feature network (default: digits for --ref digits, else inception)")
+    f.add_argument("--weights", help="feature network weights: inception: pt_inception-2015-12-05-6726825d.pth "
+                   "(pytorch-fid) or weights-inception-2015-12-05-6726825d.pth (torch-fidelity), the same file; "
+                   "default: the torch hub cache, else downloaded there. digits: the shipped classifier")
+    f.add_argument("--weights-sha256", help="expected SHA-256 of the inception weights (default: the published "
+                   "file's); another file is refused before it is read")
+    f.add_argument("--batch", type=int, default=50, help="images per feature batch")
+    f.add_argument("--pr-batch", type=int, default=1024, help="rows per precision/recall distance block")
     f.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     f.add_argument("--out", help="JSON output (default: next to the samples)")
+    r = sub.add_parser("ref", help="an ADM-format reference file (mu/sigma, mu_s/sigma_s over every image, a random "
+                       "subset as arr_0) from an image folder root/<class>/<image>")
+    r.add_argument("folder", help="image folder with one sub-folder per class (ImageNet's train/)")
+    r.add_argument("--out", required=True, help=".npz to write")
+    r.add_argument("--size", type=int, default=256, help="image size (the run's data.image_size)")
+    r.add_argument("--count", type=int, default=10_000, help="images kept as arr_0 (ADM: 10,000)")
+    r.add_argument("--weights", help="as for fd")
+    r.add_argument("--weights-sha256", help="as for fd")
+    r.add_argument("--batch", type=int, default=50)
+    r.add_argument("--workers", type=int, default=4, help="image decoding processes")
+    r.add_argument("--seed", type=int, default=0, help="which images become arr_0")
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     b = sub.add_parser("bias", help="exposure-bias curves and spectra along Euler trajectories")
     b.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint)")
     b.add_argument("--ckpt")
@@ -132,9 +161,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     a = parse_args(argv)
     try:
-        (fd_command if a.command == "fd" else bias_command)(a)
+        {"fd": fd_command, "ref": ref_command, "bias": bias_command}[a.command](a)
     except (ValueError, FileNotFoundError) as e:
-        print(f"rfengine.evaluate: error: {e}", file=__import__("sys").stderr)
+        print(f"rfengine.evaluate: error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -143,3 +144,12 @@ def write_atomic(path: str | Path, write, before_rename=None) -> Path:
 def write_json(path: str | Path, obj) -> Path:
     """`obj` as indented JSON, written atomically (`write_atomic`)."""
     return write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of the bytes of `path`, read in `chunk`-byte pieces (memory does not grow with the file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

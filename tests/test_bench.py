@@ -40,3 +40,16 @@ def test_step_cost_bench_smoke(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert f"{len(mod.OBJECTIVES)} passed" in r.stdout, r.stdout[-2000:]  # every objective's eager step
+
+
+def test_eval_memory_bench_smoke(tmp_path):
+    """bench/eval_memory.py writes its synthetic files, measures both processes and removes the files (small N)."""
+    r = subprocess.run([sys.executable, "bench/eval_memory.py", "--dir", str(tmp_path / "scratch"), "--n", "40",
+                        "--ref-n", "20", "--size", "16", "--batch", "2", "--out", str(tmp_path / "mem.json")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    import json
+    res = json.loads((tmp_path / "mem.json").read_text())
+    assert res["score"]["n_samples"] == 40 and res["score"]["n_ref"] == 20
+    assert res["network"]["peak_rss_mb"] > res["network"]["baseline_rss_mb"] > 0
+    assert not list((tmp_path / "scratch").iterdir())

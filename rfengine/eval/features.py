@@ -6,11 +6,10 @@
   so a digits FD means the same on every machine: training it again is not bit-reproducible across
   machines (one machine's retrained classifier scored the same model 20.2 where another's gave 25.6).
   Its held-out accuracy is reported with every score. `train_digits_classifier` made it.
-- `inception`: Inception-v3 pool features (2048-d) from a local TorchScript file with the interface
-  of the widely used `inception-2015-12-05.pt` (the TF FID network ported to TorchScript, as used by
-  StyleGAN2-ADA/StyleGAN3 and clean-fid): `net(images_uint8_nchw, return_features=True)`, images
-  resized to 299. Nothing is downloaded; pass the path. Numbers from it are comparable with FID as
-  published by those code bases; this has not been checked here (no weights file offline).
+- `inception`: the TF FID Inception-v3 (`rfengine.eval.inception`: torch-fidelity's architecture, TF1 bilinear
+  resize, the published weights file checked by SHA-256 and read without running code): pool features (2048-d)
+  for FID and precision/recall, the spatial features (2023-d) for sFID and the logits for the Inception Score,
+  as ADM's evaluator takes them from the TF graph. docs/evaluation.md says why this network and how close.
 """
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfengine import storage
+from rfengine.eval import inception
 
 log = logging.getLogger("rfengine")
 
@@ -53,6 +53,7 @@ class DigitsFeatures:
     state ({"model", "accuracy"}, read with `weights_only`)."""
 
     dim = 64
+    fd_name = "fd"  # a Fréchet distance, not the FID
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else SHIPPED
@@ -80,6 +81,14 @@ class DigitsFeatures:
         if x.shape[1:] != (1, 16, 16):
             raise ValueError(f"digits features: expected images (N, 1, 16, 16), got {tuple(x.shape)}")
         return torch.cat([self.net.features(b.float().cpu()) for b in x.split(512)]).numpy()
+
+    def extract(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """{"pool": (N, 64)}: the features of `__call__`, under the name the scoring code reads."""
+        return {"pool": self(x)}
+
+    @property
+    def info(self) -> dict:
+        return {"network": "digits classifier", "weights": str(self.path), "accuracy": self.accuracy}
 
 
 def train_digits_classifier(path: str | Path, seed: int = 0) -> DigitsFeatures:
@@ -116,37 +125,49 @@ def _save_pt(path: str | Path, net: DigitsNet, accuracy: float) -> Path:
 
 
 class InceptionFeatures:
-    """Inception-v3 pool features from a local TorchScript file (see the module docstring)."""
+    """The FID Inception (`rfengine.eval.inception`) on `device`: `extract(x)` -> {"pool": (N, 2048),
+    "spatial": (N, 2023)} float32 of images x (N, C, H, W) in [-1, 1] (C = 1 is repeated to RGB), `__call__` the
+    pool features alone, `logits(pool)` the (N, 1008) logits behind the Inception Score. The weights file is
+    checked against `sha256` (the published file's) before it is read; `info` names it."""
 
     dim = 2048
+    fd_name = "fid"
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"inception weights not found: {path} (pass a local TorchScript file; "
-                                    "nothing is downloaded)")
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu",
+                 sha256: str = inception.PUBLISHED_SHA256, batch: int = 50):
         self.device = torch.device(device)
-        self.net = torch.jit.load(str(path), map_location=self.device).eval()
-        self.accuracy = None
+        self.net, path, digest = inception.load_inception(weights, sha256, device=self.device)
+        self.batch = batch
+        self.info = {"network": "inception-2015-12-05 (TF FID Inception-v3, PyTorch port)", "weights": str(path),
+                     "sha256": digest, "published_weights": digest == inception.PUBLISHED_SHA256}
 
     @torch.no_grad()
+    def extract(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"inception features: expected images (N, 1 or 3, H, W), got {tuple(x.shape)}")
+        pool, spatial = [], []
+        # full float32 convolutions on GPUs too (cuDNN would use TF32 by default): the TF graph runs in float32
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for b in x.split(self.batch):
+                pixels = ((b.to(self.device, torch.float32) + 1) * 127.5).round().clamp(0, 255)  # the uint8 values
+                p, s = self.net(pixels.expand(-1, 3, -1, -1))
+                pool.append(p.cpu())
+                spatial.append(s.cpu())
+        return {"pool": torch.cat(pool).numpy(), "spatial": torch.cat(spatial).numpy()}
+
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        out = []
-        for b in x.split(100):
-            b = b.to(self.device).float()
-            if b.shape[1] == 1:
-                b = b.repeat(1, 3, 1, 1)
-            b = ((b.clamp(-1, 1) + 1) * 127.5).round()                     # uint8 range, as the net expects
-            b = F.interpolate(b, size=(299, 299), mode="bilinear", align_corners=False)
-            out.append(self.net(b.to(torch.uint8), return_features=True).float().cpu())
-        return torch.cat(out).numpy()
+        return self.extract(x)["pool"]
+
+    @torch.no_grad()
+    def logits(self, pool: torch.Tensor) -> torch.Tensor:
+        return self.net.logits(pool.to(self.device, torch.float32)).cpu()
 
 
-def build_extractor(name: str, weights: str | None = None, device="cpu"):
+def build_extractor(name: str, weights: str | None = None, device="cpu", sha256: str | None = None):
+    """`digits` (the shipped classifier, or `weights`) or `inception` (`weights`: a local file, or None for the
+    torch hub cache / download; `sha256`: the expected hash, the published file's by default)."""
     if name == "digits":
         return DigitsFeatures(weights)
     if name == "inception":
-        if not weights:
-            raise ValueError("features=inception needs --weights PATH (a local TorchScript Inception file)")
-        return InceptionFeatures(weights, device)
+        return InceptionFeatures(weights, device, sha256 or inception.PUBLISHED_SHA256)
     raise ValueError(f"features: expected 'digits' or 'inception', got {name!r}")

@@ -70,8 +70,8 @@ def test_fd_and_bias_commands(run_dir, tmp_path):
     assert sample.sample_main(["--run-dir", str(run_dir), "--count", "40", "--steps", "2", "--out", str(tmp_path)]) == 0
     npz = tmp_path / "samples_ema_euler2_cfg1_n40_seed0.npz"
     res = evaluate.fd_command(evaluate.parse_args(["fd", "--samples", str(npz), "--ref", "digits"]))
-    assert res["fd"] > 0 and res["n_fake"] == 40 and res["n_real"] == 1797
-    assert res["feature_accuracy"] > 0.9  # the shipped digit classifier is a usable feature space
+    assert res["fd"] > 0 and res["n_samples"] == 40 and res["precision_recall"]["n_ref"] == 1797
+    assert res["features"]["accuracy"] > 0.9  # the shipped digit classifier is a usable feature space
     assert res["sampling"]["steps"] == 2 and 0 <= res["precision"] <= 1
     saved = json.loads(npz.with_name(npz.stem + "_fd_digits.json").read_text())
     assert saved["fd"] == res["fd"]

@@ -1,10 +1,11 @@
-"""Fréchet distance, precision/recall and the exposure-bias diagnostics: properties that pin them."""
+"""Fréchet distance, streamed statistics, precision/recall (ADM's protocol against a brute-force computation), the
+Inception Score (against ADM's formula) and the exposure-bias diagnostics: properties that pin them."""
 import numpy as np
 import pytest
 import torch
 from scipy import linalg
 
-from rfengine.eval import feature_stats, frechet_distance, precision_recall
+from rfengine.eval import RunningStats, feature_stats, frechet_distance, inception_score, precision_recall
 from rfengine.eval.diagnostics import exposure_bias, radial_power_spectrum
 
 
@@ -18,6 +19,10 @@ def test_fd_matches_the_matrix_square_root_formula_and_its_properties():
     assert frechet_distance(m1, s1, m1, s1) == pytest.approx(0, abs=1e-9)
     shift = np.array([1.0, 2, 0, 0, 0, 0])
     assert frechet_distance(m1 + shift, s1, m1, s1) == pytest.approx(5.0, rel=1e-9)
+    few = feature_stats(b[:4])  # 4 samples in 6 dims: a singular covariance against a positive definite one
+    expected = ((few[0] - m1) ** 2).sum() + np.trace(few[1] + s1 - 2 * linalg.sqrtm(few[1] @ s1).real)
+    assert frechet_distance(*few, m1, s1) == pytest.approx(expected, rel=1e-6)  # sqrtm of a singular product is
+    assert frechet_distance(m1, s1, *few) == pytest.approx(expected, rel=1e-6)  # itself good to about 1e-8
 
 
 def test_fd_survives_dead_feature_units():
@@ -28,6 +33,43 @@ def test_fd_survives_dead_feature_units():
     assert np.isfinite(fd) and 0 <= fd < 0.5
 
 
+def test_running_stats_equal_the_stats_of_all_rows_at_once():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((203, 7)) * rng.uniform(0.1, 3, 7) + 1e4  # a large mean: the shifted sums keep precision
+    rs = RunningStats()
+    for part in np.array_split(x, [1, 50, 51, 180]):                     # uneven batches, one of a single row
+        rs.update(part.astype(np.float32))
+    mu, sigma = rs.stats()
+    mu_all, sigma_all = feature_stats(x.astype(np.float32))
+    np.testing.assert_allclose(mu, mu_all, rtol=1e-12)
+    np.testing.assert_allclose(sigma, sigma_all, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match=r"expected \(b, 7\)"):
+        rs.update(np.zeros((2, 5)))
+
+
+def _brute_force_pr(real, fake, k=3):
+    """ADM's definition, written out: a ball around each point reaching its k-th nearest other point of its own set."""
+    def radii(x):
+        return np.sort(((x[:, None] - x[None]) ** 2).sum(-1), axis=1)[:, k]  # column 0 is the point itself
+    d = ((fake[:, None] - real[None]) ** 2).sum(-1)                          # (Nf, Nr)
+    precision = (d <= radii(real)[None]).any(1).mean()
+    recall = (d <= radii(fake)[:, None]).any(0).mean()
+    return precision, recall
+
+
+def test_precision_recall_is_adms_k3_protocol_in_any_batch_size():
+    rng = np.random.default_rng(4)
+    real = rng.standard_normal((61, 5))
+    fake = rng.standard_normal((73, 5)) + 1.5
+    want = _brute_force_pr(real, fake)
+    assert 0.1 < want[0] < 0.9 and 0.1 < want[1] < 0.9                      # neither side trivial
+    for batch in (7, 64, 1000):
+        assert precision_recall(real, fake, batch=batch, dtype=torch.float64) == pytest.approx(want, abs=0)
+    assert precision_recall(real, fake) == pytest.approx(want, abs=0)       # float32, as evaluate runs it
+    with pytest.raises(ValueError, match=r"fake features must be \(N > 3, 5\)"):
+        precision_recall(real, fake[:3])
+
+
 def test_precision_recall_extremes():
     rng = np.random.default_rng(2)
     real = rng.standard_normal((300, 4))
@@ -35,6 +77,22 @@ def test_precision_recall_extremes():
     assert precision_recall(real, real + 100.0) == (0.0, 0.0)
     p, r = precision_recall(real, real[:, :] * 0.05)  # collapsed samples: precise, no recall
     assert p > 0.9 and r < 0.3
+    # on the line: the balls of 0 and 3 reach 3 (their 3rd neighbour); -3 and 6 lie on their edges, inside (<=)
+    line = np.array([[0.0], [1], [2], [3]])
+    assert precision_recall(line, np.array([[-3.0], [6], [7], [1.5]]))[0] == 0.75
+
+
+def test_inception_score_is_adms_formula_over_splits_in_file_order():
+    rng = np.random.default_rng(5)
+    pool = rng.standard_normal((23, 6)).astype(np.float32)
+    w = torch.from_numpy(rng.standard_normal((6, 11)))
+    logits = lambda f: f.double() @ w  # noqa: E731
+    p = torch.softmax(logits(torch.from_numpy(pool)), 1).numpy()
+    want = np.mean([np.exp(np.mean(np.sum(part * (np.log(part) - np.log(part.mean(0, keepdims=True))), 1)))
+                    for part in (p[0:10], p[10:20], p[20:23])])              # ADM: splits of `split`, the last short
+    assert inception_score(logits, pool, split=10, batch=4) == pytest.approx(want, rel=1e-12)
+    confident = torch.eye(11)[torch.arange(22) % 11] * 50                    # every class equally often, sure of each
+    assert inception_score(lambda f: f, confident.numpy(), split=11) == pytest.approx(11, rel=1e-6)
 
 
 def test_radial_spectrum_peaks_at_the_frequency_of_a_cosine():
@@ -56,22 +114,3 @@ def test_exposure_bias_is_zero_for_the_oracle_velocity_and_grows_without_it():
     lazy = lambda x, t, y: torch.zeros_like(x)  # noqa: E731  never moves: the bias grows every step
     res = exposure_bias(lazy, x0, x1, None, steps=10)
     assert res["paired_error"][0] < 1e-10 and all(b > a for a, b in zip(res["paired_error"], res["paired_error"][1:]))
-
-
-def test_inception_extractor_loads_a_local_torchscript_file(tmp_path):
-    """The real weights cannot be fetched here: a stand-in with the same interface checks the path
-    (uint8 NCHW at 299x299 in, `return_features=True` -> (N, 2048))."""
-    from rfengine.eval import InceptionFeatures
-
-    class Stub(torch.nn.Module):
-        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-            assert x.dtype == torch.uint8 and x.shape[1:] == (3, 299, 299)
-            f = x.float().mean((2, 3))
-            return f.repeat(1, 683)[:, :2048] if return_features else f
-
-    path = tmp_path / "inception.pt"
-    torch.jit.script(Stub()).save(str(path))
-    feats = InceptionFeatures(path)(torch.rand(3, 1, 16, 16) * 2 - 1)
-    assert feats.shape == (3, 2048) and np.isfinite(feats).all()
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        InceptionFeatures(tmp_path / "missing.pt")
