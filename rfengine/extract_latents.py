@@ -9,8 +9,9 @@ Images are centre-cropped and resized like `data.name: folder`, encoded together
 horizontal flips (F = 2 copies per image, so `data.flip: true` needs no re-encoding), and written
 as shards of `--shard-size` images, each file renamed into place when complete. An interrupted
 extraction continues where it stopped when run again (complete shards are kept). `meta.json`, written
-last, records what the reader checks: vae, scale_factor, resolution, flip, channels, latent_size,
-num_classes. Needs the optional extra: pip install -e ".[latents]".
+last, records what the reader checks: vae (the name given) and the VAE by content (vae_config, and
+vae_sha256 over its weights: a copy of the same VAE elsewhere is known to be the same), scale_factor,
+resolution, flip, channels, latent_size, num_classes. Needs the optional extra: pip install -e ".[latents]".
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rfengine.data.vae import load_vae
+from rfengine.data.vae import load_vae, vae_identity
 
 log = logging.getLogger("rfengine")
 
@@ -108,7 +109,9 @@ def extract(images: str, vae_name: str, out: str, *, resolution: int = 256, batc
             latent_shape = np.load(out_dir / "latents_00000.npy", mmap_mode="r").shape[2:]
         if latent_shape[1] != latent_shape[2]:
             raise ValueError(f"latents are {latent_shape[1]}x{latent_shape[2]}; the reader expects square latents")
+        identity = vae_identity(vae)
         meta = {"vae": vae_name if not vae_subfolder else f"{vae_name}/{vae_subfolder}",
+                "vae_config": identity["config"], "vae_sha256": identity["sha256"],
                 "scale_factor": float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215),
                 "resolution": resolution, "flip": "both" if flip else "none", "channels": int(latent_shape[0]),
                 "latent_size": int(latent_shape[1]), "num_classes": ds.num_classes, "classes": ds.classes,

@@ -3,8 +3,9 @@ SIGKILL at a named point of step `<step>`, exactly as a machine loss or an OOM k
 
 Points: `after_step` (after the optimizer step, before logging), `checkpoint_write` (the checkpoint's
 temporary file, or every file of a sharded checkpoint's temporary folder, is half written, not yet
-renamed). Unset in normal runs; reading it costs nothing. `RFENGINE_FAULT_RANK=<r>` arms it on rank `r`
-only (the others lose a peer, as on a real machine loss). Under torchrun a fault fires in the job's first
+renamed), `sample_chunk` (sampling: the process has written its `<step>`-th chunk of this run). Unset in
+normal runs; reading it costs nothing. `RFENGINE_FAULT_RANK=<r>` arms it on rank `r` only (the others lose
+a peer, as on a real machine loss). Under torchrun a fault fires in the job's first
 attempt only (`TORCHELASTIC_RESTART_COUNT` 0), so that a group restarted by `--max-restarts` gets past it.
 
 Slow storage: `hold_write` holds the checkpoint of that step between its write and its rename until
@@ -31,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-POINTS = ("after_step", "checkpoint_write", "hold_write", "fill_disk", "remove_dir", "read_only_dir", "fill_disk_export",
+POINTS = ("after_step", "checkpoint_write", "sample_chunk", "hold_write", "fill_disk", "remove_dir", "read_only_dir", "fill_disk_export",
           "fill_disk_grid")
 
 

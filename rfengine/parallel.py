@@ -190,6 +190,16 @@ def all_gather_object(obj) -> list:
     return [obj]
 
 
+def broadcast_object(obj, src: int = 0):
+    """Process `src`'s `obj` (small and picklable: a list of indices, a message) on every process; a
+    collective. One process: `obj` itself."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj
+
+
 def side_group():
     """A gloo process group of its own, for collectives that run beside the training loop's (a
     checkpoint written in the background): collective (every process creates it); None for one process."""

@@ -12,6 +12,10 @@ activations at the per-GPU batch, including ReflexFlow's rollout and concatenate
 autocast weight copies. Attention is counted the way the GPU kernels the config selects keep it
 (flash / memory-efficient: the output and log-sum-exp, not the T x T matrix; `math`: the matrix).
 Not counted: the CUDA context and allocator fragmentation (`--reserve-gib`, default 2 GiB).
+
+The whole run: `train.steps` at the step time (a scheduled objective's steps before its switch at the
+step time of plain FM), in days; and the disk its folder needs for checkpoints and the EMA export
+(`train.keep_ckpts` + 1 checkpoints, as the run's own pre-flight check counts them).
 """
 from __future__ import annotations
 
@@ -101,10 +105,11 @@ def _attention_context(backend: str):
     return sdpa_kernel(SDPBackend.MATH if backend == "math" else SDPBackend.FLASH_ATTENTION)
 
 
-def step_memory(cfg, batch: int, ac: str | None = None, fake: bool = True) -> StepMemory:
+def step_memory(cfg, batch: int, ac: str | None = None, fake: bool = True, step: int | None = None) -> StepMemory:
     """Build the model and objective of `cfg` and run two training steps (the second is measured,
     with the optimizer state already there) at `batch` samples per process on CPU tensors: fake ones
-    (no memory) when `fake`, else real ones (to check the count against the allocator)."""
+    (no memory) when `fake`, else real ones (to check the count against the allocator). `step`: the
+    training step whose objective runs (default: the configured objective's first, after any switch)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from rfengine import parallel
@@ -125,7 +130,8 @@ def step_memory(cfg, batch: int, ac: str | None = None, fake: bool = True) -> St
         rows = ModelRows(model)
         x1 = torch.randn((batch, *shape))
         y = torch.randint(0, max(classes, 1), (batch,)) if classes else None
-        step = int(config_lib.resolve_steps(cfg.objective.start, cfg.train.steps))  # the configured objective
+        if step is None:  # the configured objective
+            step = int(config_lib.resolve_steps(cfg.objective.start, cfg.train.steps))
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
         frac = cfg.objective.adr.prob if cfg.objective.name in ("reflexflow", "ss") else 1.0
         for _ in range(2):  # the second step is measured: AdamW's state exists by then, as in training
@@ -185,14 +191,35 @@ def plan(cfg, gpus: int, card: str = "H100", mfu: float = 0.4, reserve_gib: floa
     flops = m.forward_units * m.flops_per_forward  # per GPU
     kind = "bf16" if cfg.train.precision == "bf16" else "tf32"
     peak = PEAK_TFLOPS[card.split("-")[0]][kind] if card.split("-")[0] in PEAK_TFLOPS else None
+    step_s = flops / (peak * 1e12 * mfu) if peak else None
+    switch = int(config_lib.resolve_steps(cfg.objective.start, cfg.train.steps))
+    before_s = step_s
+    if switch and peak:  # a scheduled objective: plain FM steps until the switch
+        fm = step_memory(cfg, per_gpu, step=0)
+        before_s = fm.forward_units * fm.flops_per_forward / (peak * 1e12 * mfu)
+    disk = _checkpoint_disk(cfg, gpus)
     return {"config": {"arch": cfg.model.arch, "objective": cfg.objective.name, "precision": cfg.train.precision,
                        "parallel": cfg.parallel.mode, "activation_checkpointing": cfg.train.activation_checkpointing,
                        "global_batch": cfg.train.batch_size},
             "gpus": gpus, "card": card, "per_gpu_batch": per_gpu, "params": m.params, "static_bytes": static,
             "activation_bytes": act, "peak_bytes": static_total + act[cfg.train.activation_checkpointing],
             "usable_bytes": usable, "max_per_gpu_batch": fits, "model_tflop_per_step_per_gpu": flops / 1e12,
-            "forward_units": m.forward_units, "mfu": mfu, "peak_tflops": peak,
-            "step_seconds": flops / (peak * 1e12 * mfu) if peak else None}
+            "forward_units": m.forward_units, "mfu": mfu, "peak_tflops": peak, "step_seconds": step_s,
+            "train_steps": cfg.train.steps, "switch_step": switch, "step_seconds_before_switch": before_s,
+            "run_days": (switch * before_s + (cfg.train.steps - switch) * step_s) / 86400 if peak else None, **disk}
+
+
+def _checkpoint_disk(cfg, gpus: int) -> dict:
+    """One checkpoint's bytes and what the run folder holds at most in checkpoints and the export."""
+    from rfengine import checkpoint
+    from rfengine.data import expected_shape
+    from rfengine.models import build_model
+    shape, classes = expected_shape(cfg)
+    with torch.device("meta"):
+        model = build_model(cfg.model.arch, in_channels=shape[0], input_size=shape[1:], num_classes=classes,
+                            learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout)
+    return {"checkpoint_bytes": checkpoint.estimate_bytes(model, gpus), "keep_ckpts": cfg.train.keep_ckpts,
+            "run_folder_bytes": checkpoint.run_bytes(model, gpus, cfg.train.keep_ckpts)}
 
 
 def render(p: dict) -> str:
@@ -215,6 +242,13 @@ def render(p: dict) -> str:
     if p["step_seconds"]:
         lines.append(f"step time at {p['mfu']:.0%} MFU of {p['peak_tflops']:g} TFLOP/s: {p['step_seconds']:.3f} s "
                      f"({p['per_gpu_batch'] * p['gpus'] / p['step_seconds']:.0f} images/s in all)")
+        before = (f" (plain FM before the switch at step {p['switch_step']:,}: {p['step_seconds_before_switch']:.3f} "
+                  "s/step)" if p["switch_step"] else "")
+        lines.append(f"the run: {p['train_steps']:,} steps in {p['run_days']:.1f} days ({p['run_days'] * 24:.0f} hours) "
+                     f"at this step time{before}")
+    lines.append(f"disk: a checkpoint {p['checkpoint_bytes'] / 1e9:.1f} GB; the run folder holds up to "
+                 f"{p['run_folder_bytes'] / 1e9:.1f} GB ({p['keep_ckpts'] + 1} checkpoints while one is written, "
+                 "the EMA export)")
     return "\n".join(lines)
 
 

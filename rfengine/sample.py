@@ -1,6 +1,18 @@
-"""Generation: draw samples from a velocity model with the flow samplers, and write image grids."""
+"""Generation: draw samples from a velocity model with the flow samplers, write image grids, and the
+sampling command line (`python -m rfengine.sample`), which writes ADM's .npz for FID at any count:
+
+    python -m rfengine.sample --run-dir runs/x --count 50000 --method sde --steps 250 --cfg 1.5 --cfg-channels 3 \
+        --vae stabilityai/sd-vae-ft-ema
+    torchrun --nproc_per_node=8 -m rfengine.sample ...   # the same samples, chunks split across processes
+
+Sample i's noise and class label depend on (seed, i) only, so any process count gives the same images;
+each chunk is written to disk as it is made (`rfengine.sample_shards`), a killed run resumes with the same
+command, and rank 0 merges the chunks into `<out>/<stem>.npz` without holding them all.
+"""
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +21,11 @@ from PIL import Image
 
 from rfengine import storage
 from rfengine.flow import DIFFUSIONS, LAST_STEPS, METHODS, integrate, with_cfg
+
+log = logging.getLogger("rfengine")
+# Images the VAE decodes at a time: its decoder's activations at full resolution are many times the
+# image, so a large --batch is decoded in parts (DiT's sample_ddp.py decodes 32 per process at once).
+DECODE_BATCH = 32
 
 
 @torch.no_grad()
@@ -64,12 +81,12 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 8, upscale: int | N
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading a trained model, and the command line: python -m rfengine.sample
+# The command line: python -m rfengine.sample
 # ---------------------------------------------------------------------------------------------
 
-def sample_stem(a) -> str:
-    """The output name: every setting that changes the samples."""
-    stem = f"samples_{a.weights}_{a.method}{a.steps}_cfg{a.cfg:g}"
+def sample_stem(a, step: int | None = None) -> str:
+    """The output name: every setting that changes the samples (`step`: the checkpoint's, when it has one)."""
+    stem = f"samples_{a.weights}" + (f"_step{step}" if step is not None else "") + f"_{a.method}{a.steps}_cfg{a.cfg:g}"
     if a.cfg != 1.0 and a.cfg_channels is not None:
         stem += f"_ch{a.cfg_channels}"
     if a.cfg != 1.0 and a.cfg_interval is not None:
@@ -80,20 +97,29 @@ def sample_stem(a) -> str:
         stem += f"_atol{a.atol:g}_rtol{a.rtol:g}"
     if a.shift != 1.0:
         stem += f"_shift{a.shift:g}"
+    if a.labels != "uniform":
+        stem += f"_{a.labels}"
     return stem + f"_n{a.count}_seed{a.seed}"
 
 
-def sample_main(argv=None) -> int:
+def output_folder(run: str | None, weights_path: Path, out: str | None) -> Path:
+    """Where samples go: `out`, else `<run>/eval` for a run folder, else the folder holding the weights."""
+    if out:
+        return Path(out)
+    return Path(run) / "eval" if run else Path(weights_path).parent
+
+
+def parse_args(argv=None):
     import argparse
-    import json
-    from tqdm import tqdm
-    from rfengine import cli, parallel
     # No option may be a prefix of a torchrun option (--run-path, --numa-binding, ...): torchrun's
     # parser rejects an ambiguous prefix anywhere on the command line, even after the script.
-    p = argparse.ArgumentParser(description="Sample a trained rfengine model: PNG grid + .npz (uint8 NHWC arr_0).")
-    p.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint)")
+    p = argparse.ArgumentParser(
+        description="Sample a trained rfengine model (or released SiT/DiT weights) into ADM's .npz (arr_0 uint8 "
+                    "NHWC, arr_1 labels), a PNG grid and a .json of the settings. Under torchrun every process "
+                    "writes its own chunks; a run started again with the same command skips the chunks written.")
+    p.add_argument("--run-dir", dest="run", help="run folder (its newest checkpoint); output in <run>/eval")
     p.add_argument("--ckpt", help="a checkpoint (.pt file or sharded folder), an exported .safetensors, or released "
-                                  "SiT/DiT weights (then --config says which model they fit)")
+                                  "SiT/DiT weights (then --config says which model they fit); output beside it")
     p.add_argument("--config", help="the model released weights fit (model.arch, model.learn_sigma, data)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a --config key (repeatable)")
@@ -116,71 +142,134 @@ def sample_main(argv=None) -> int:
     p.add_argument("--atol", type=float, default=1e-6, help="dopri5: absolute tolerance (SiT's default)")
     p.add_argument("--rtol", type=float, default=1e-3, help="dopri5: relative tolerance (SiT's default)")
     p.add_argument("--shift", type=float, default=1.0)
-    p.add_argument("--count", type=int, default=1000, help="images to generate")
-    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--labels", default="uniform", choices=["uniform", "balanced"],
+                   help="class labels: uniform: independent uniform draws, as DiT/SiT/ADM sample for FID-50K; "
+                        "balanced: sample i has class i %% num_classes")
+    p.add_argument("--count", type=int, default=1000, help="images to generate (50000 for FID-50K)")
+    p.add_argument("--batch", type=int, default=250,
+                   help="samples per model batch and per chunk file; a restart must use the same value")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="output folder (default: <run>/eval)")
+    p.add_argument("--out", help="output folder (default: <run>/eval, or the folder of --ckpt)")
     a = p.parse_args(argv)
+    if a.count < 1 or a.batch < 1:
+        p.error("--count and --batch must be >= 1")
+    return a
 
-    def body():
-        dist = parallel.init_distributed("auto")
-        from rfengine import config as config_lib, weights
-        path = weights.resolve(a.run, a.ckpt)
-        given = config_lib.load(a.config, a.overrides) if (a.config or a.overrides) else None
-        model, cfg, shape, _ = weights.load_model(path, a.weights, given)
-        model.to(dist.device)
-        vae = None
-        if a.vae:
-            from rfengine.data.vae import decode, load_vae
-            vae = load_vae(a.vae, None, dist.device)
-        elif cfg.data.name == "latents":
-            raise ValueError(f"this model generates VAE latents ({shape[0]} channels); pass --vae NAME_OR_FOLDER, the "
-                             f"VAE its latents were made with (its config says data.vae: {cfg.data.vae or '?'!s}), "
-                             "to decode them into images")
-        mine = list(range(dist.rank, a.count, dist.world))  # sample i's noise depends on (seed, i) only
-        sampler = {k: getattr(a, k) for k in ("diffusion", "diffusion_norm", "last_step", "last_step_size",
-                                              "sample_eps", "atol", "rtol")}
-        stats, nfe = {}, []
-        imgs, labels = [], []
-        chunks = [mine[i:i + a.batch] for i in range(0, len(mine), a.batch)]
-        for idx in tqdm(chunks, desc="sample", disable=not dist.is_main):
-            lab = None
-            if model.num_classes > 0:
-                lab = torch.tensor(idx, device=dist.device) % model.num_classes
-            noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(a.seed * 10**9 + i))
-                                 for i in idx])
-            # the SDE's noise: one stream per chunk, from (seed, the chunk's first sample)
-            gen = torch.Generator(device=dist.device).manual_seed(a.seed * 10**9 + 5 * 10**8 + idx[0])
-            x = generate(model, shape=shape, n=len(idx), labels=lab, method=a.method, steps=a.steps,
-                         cfg_scale=a.cfg, shift=a.shift, device=dist.device, null_class=model.null_class,
-                         noise=noise, cfg_channels=a.cfg_channels, cfg_interval=a.cfg_interval, generator=gen,
-                         stats=stats, **sampler)
-            nfe.append(stats.get("nfe"))
-            if vae is not None:
-                x = decode(vae, x, cfg.data.scale_factor)
-            imgs.append(to_uint8(x))
-            labels.append(np.asarray(idx) % model.num_classes if model.num_classes else np.zeros(len(idx), int))
-        parts = parallel.all_gather_object((np.concatenate(imgs), np.concatenate(labels), mine))
-        if dist.is_main:
-            order = np.argsort(np.concatenate([m for _, _, m in parts]))
-            arr = np.concatenate([x for x, _, _ in parts])[order]
-            lab = np.concatenate([y for _, y, _ in parts])[order]
-            out = Path(a.out) if a.out else (Path(a.run) if a.run else path.parent.parent) / "eval"
-            out.mkdir(parents=True, exist_ok=True)
-            stem = sample_stem(a)
-            np.savez(out / f"{stem}.npz", arr_0=arr, labels=lab)
-            grid = torch.from_numpy(arr[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            save_grid(grid, out / f"{stem}.png", nrow=10)
-            meta = {"checkpoint": str(path), "weights": a.weights, "method": a.method, "steps": a.steps,
-                    "cfg": a.cfg, "cfg_channels": a.cfg_channels, "cfg_interval": a.cfg_interval, "shift": a.shift,
-                    "num": a.count, "seed": a.seed, "world": dist.world, "batch": a.batch, "vae": a.vae,
-                    "nfe_per_batch": nfe if a.method == "dopri5" else None,
-                    **({k: sampler[k] for k in ("diffusion", "diffusion_norm", "last_step", "last_step_size",
-                                                "sample_eps")} if a.method == "sde" else {}),
-                    **({k: sampler[k] for k in ("atol", "rtol")} if a.method == "dopri5" else {})}
-            (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
-            print(f"wrote {out / (stem + '.npz')} ({arr.shape}, uint8 NHWC) and a grid")
-    return cli.run(body)
+
+def _settings(a, path: Path, step: int | None, vae_id: str | None) -> dict:
+    """Everything that decides the samples (and the chunking): what a restart must match."""
+    sampler = {"sde": ("diffusion", "diffusion_norm", "last_step", "last_step_size", "sample_eps"),
+               "dopri5": ("atol", "rtol")}.get(a.method, ())
+    return {"checkpoint": str(Path(path).resolve()), "step": step, "weights": a.weights, "method": a.method, "steps": a.steps,
+            "cfg": a.cfg, "cfg_channels": a.cfg_channels, "cfg_interval": a.cfg_interval, "shift": a.shift,
+            "labels": a.labels, "num": a.count, "seed": a.seed, "batch": a.batch, "vae_sha256": vae_id,
+            **{k: getattr(a, k) for k in sampler}}
+
+
+def _complete(npz: Path, meta: Path, settings: dict) -> bool:
+    """Whether `npz` exists with metadata saying it was made with `settings`; other settings: an error."""
+    if not (npz.is_file() and meta.is_file()):
+        return False
+    try:
+        made = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        return False
+    changed = sorted(k for k in settings if made.get(k) != settings[k])
+    if changed:
+        raise ValueError(f"{npz} exists, made with other settings ({', '.join(changed)} differ); delete it or "
+                         "pass another --out")
+    return True
+
+
+def _chunk(model, vae, cfg, shape, a, rows: range, labels, device, sampler: dict):
+    """One chunk's images (n, H, W, C) uint8 and its model-evaluation count (adaptive samplers)."""
+    lab = None if labels is None else torch.from_numpy(labels[rows.start:rows.stop]).to(device)
+    # sample i's noise depends on (seed, i) only: the same images on any number of processes
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(a.seed * 10**9 + i))
+                         for i in rows])
+    # the SDE's noise: one stream per chunk, from (seed, the chunk's first sample)
+    gen = torch.Generator(device=device).manual_seed(a.seed * 10**9 + 5 * 10**8 + rows.start)
+    stats = {}
+    x = generate(model, shape=shape, n=len(rows), labels=lab, method=a.method, steps=a.steps, cfg_scale=a.cfg,
+                 shift=a.shift, device=device, null_class=model.null_class, noise=noise,
+                 cfg_channels=a.cfg_channels, cfg_interval=a.cfg_interval, generator=gen, stats=stats, **sampler)
+    if vae is None:
+        return to_uint8(x), stats.get("nfe")
+    from rfengine.data.vae import decode
+    # decoded and made uint8 a part at a time: the chunk's float images never exist all at once
+    return np.concatenate([to_uint8(decode(vae, z, cfg.data.scale_factor)) for z in x.split(DECODE_BATCH)]), \
+        stats.get("nfe")
+
+
+def sample_main(argv=None) -> int:
+    from rfengine import cli
+    a = parse_args(argv)
+    return cli.run(lambda: _sample(a))
+
+
+def _sample(a) -> Path:
+    """The sampling run of the parsed command line `a`; returns the merged .npz (on every process)."""
+    from tqdm import tqdm
+
+    from rfengine import config as config_lib, faults, parallel, sample_shards as shards, weights
+    from rfengine.telemetry import setup_logging
+    dist = parallel.init_distributed("auto")
+    setup_logging(dist.is_main)
+    path = weights.resolve(a.run, a.ckpt)
+    given = config_lib.load(a.config, a.overrides) if (a.config or a.overrides) else None
+    model, cfg, shape, meta = weights.load_model(path, a.weights, given)
+    model.to(dist.device)
+    vae = vae_id = None
+    if a.vae:
+        from rfengine.data.vae import load_vae, vae_identity
+        vae = load_vae(a.vae, None, dist.device)
+        vae_id = vae_identity(vae)["sha256"]
+    elif cfg.data.name == "latents":
+        raise ValueError(f"this model generates VAE latents ({shape[0]} channels); pass --vae NAME_OR_FOLDER, the "
+                         f"VAE its latents were made with (its config says data.vae: {cfg.data.vae or '?'!s}), "
+                         "to decode them into images")
+    step = int(meta["step"]) if meta.get("step", -1) >= 0 else None
+    out = output_folder(a.run, path, a.out)
+    stem = sample_stem(a, step)
+    npz, meta_path, parts = out / f"{stem}.npz", out / f"{stem}.json", out / f"{stem}.parts"
+    settings = _settings(a, path, step, vae_id)
+    if _complete(npz, meta_path, settings):
+        log.info("%s is complete already (its .json records the same settings); nothing to do", npz)
+        return npz
+    plan = shards.chunks(a.count, a.batch)
+    todo, error = None, None
+    if dist.is_main:
+        try:
+            todo = shards.open_parts(parts, settings, len(plan))
+        except (ValueError, OSError) as e:
+            error = e
+    todo, message = parallel.broadcast_object((todo, None if error is None else str(error)))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise ValueError(message)
+    if len(todo) < len(plan):
+        log.info("%d of %d chunks are written already (%s); making the other %d", len(plan) - len(todo), len(plan),
+                 parts, len(todo))
+    labels = shards.class_labels(a.count, model.num_classes, a.seed, a.labels) if model.num_classes else None
+    sampler = {k: getattr(a, k) for k in ("diffusion", "diffusion_norm", "last_step", "last_step_size",
+                                          "sample_eps", "atol", "rtol")}
+    mine = todo[dist.rank::dist.world]
+    for k, j in enumerate(tqdm(mine, desc="sample", unit="chunk", disable=not dist.is_main)):
+        rows = plan[j]
+        images, nfe = _chunk(model, vae, cfg, shape, a, rows, labels, dist.device, sampler)
+        shards.write_chunk(parts, j, images, None if labels is None else labels[rows.start:rows.stop], nfe)
+        faults.maybe_crash("sample_chunk", k + 1)
+    parallel.barrier()  # every chunk is written
+    if dist.is_main:
+        first, nfe = shards.merge(parts, plan, npz, labels is not None)
+        save_grid(torch.from_numpy(first).permute(0, 3, 1, 2).float() / 127.5 - 1, out / f"{stem}.png", nrow=10)
+        storage.write_json(meta_path, {**settings, "world": dist.world, "vae": a.vae,
+                                       "nfe_per_batch": nfe if a.method == "dopri5" else None})
+        shards.remove_parts(parts)
+        log.info("wrote %s (%d x %s uint8 NHWC%s), a grid and the settings (.json)", npz, a.count,
+                 "x".join(map(str, first.shape[1:])), ", labels in arr_1" if labels is not None else "")
+    return npz
 
 
 if __name__ == "__main__":

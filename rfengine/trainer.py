@@ -23,7 +23,7 @@ from rfengine.objectives import pin_schedule
 from rfengine.optim import ema_update
 from rfengine.run import build as build_lib, lifecycle
 from rfengine.run.checkpoints import CheckpointManager, TrainState, find as find_checkpoint
-from rfengine.run.grids import save_samples
+from rfengine.run.grids import latent_decoder, save_samples
 from rfengine.run.metrics import RunMetrics
 
 log = logging.getLogger("rfengine")
@@ -54,6 +54,7 @@ class Trainer:
         self.metrics = RunMetrics(cfg, self.dist, self.out, self.model)
         self.stop = None  # run() installs the SIGTERM/SIGINT handlers
         self.stop_agreed = False  # the last step's stop flag, agreed over every process: what the loop acts on
+        self.decoder = latent_decoder(self.dataset)  # a latent run's grids: through its VAE, if it loads
         recorded = self.checkpoints.load(start)
         self.objective, self.state.schedule = pin_schedule(b.objective, cfg.objective, cfg.train.steps, recorded)
         if self.dist.is_main:
@@ -115,7 +116,7 @@ class Trainer:
 
     def _grid(self) -> Path | None:
         return save_samples(self.cfg, self.dist, self.ema, self.dataset.shape, self.built.sharded, self.state.step,
-                            self.out)
+                            self.out, self.decoder)
 
     def run(self) -> dict:
         """Train from the current step to `train.steps`; returns a summary. The SIGTERM/SIGINT handlers

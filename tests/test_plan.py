@@ -78,6 +78,25 @@ def test_every_objective_switch_plans(switch):
 def test_plan_command_prints_per_gpu_memory_and_time(capsys):
     assert plan.main(["--config", "configs/imagenet256_fm.yaml", "--gpus", "8", "--set", "model.arch=SiT-S/2"]) == 0
     out = capsys.readouterr().out
-    for text in ("per GPU:", "DDP gradient buckets", "activations (AC full", "largest per-GPU batch", "step time at 40%"):
+    for text in ("per GPU:", "DDP gradient buckets", "activations (AC full", "largest per-GPU batch", "step time at 40%",
+                 "the run: 400,000 steps in", "disk: a checkpoint"):
         assert text in out
     assert plan.main(["--config", "configs/imagenet256_fm.yaml", "--gpus", "3"]) == 1  # 256 does not split over 3
+
+
+def test_the_run_takes_fm_steps_before_the_switch_and_its_folder_holds_the_checkpoints():
+    """A scheduled objective's run: plain FM steps (the FM config's step time) until the switch, the
+    objective's after; the disk is what the run's own pre-flight check asks for its checkpoints."""
+    from rfengine import checkpoint
+    from rfengine.models import build_model
+    over = ["model.arch=DiT-T/4", "train.steps=1000", "train.batch_size=64"]
+    p = plan.plan(config.load("configs/imagenet256_dit.yaml", over), 8)
+    fm = plan.step_memory(config.load("configs/imagenet256_fm.yaml", over), 8)
+    fm_seconds = fm.forward_units * fm.flops_per_forward / (p["peak_tflops"] * 1e12 * p["mfu"])
+    assert p["switch_step"] == 880 and p["step_seconds_before_switch"] == pytest.approx(fm_seconds)
+    assert p["step_seconds"] > 1.3 * fm_seconds  # the rollout's no-grad forward after the switch
+    assert p["run_days"] == pytest.approx((880 * fm_seconds + 120 * p["step_seconds"]) / 86400)
+    with torch.device("meta"):
+        model = build_model("DiT-T/4", in_channels=4, input_size=32, num_classes=1000)
+    ckpt = checkpoint.estimate_bytes(model, 8)
+    assert p["checkpoint_bytes"] == ckpt and p["run_folder_bytes"] == 4 * ckpt + ckpt // 4  # keep_ckpts 3

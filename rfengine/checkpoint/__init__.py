@@ -16,7 +16,7 @@ folders) and `state` (state dicts, RNG states, the safetensors export). Atomic f
 """
 from rfengine.checkpoint.background import BackgroundWriter, save_atomic
 from rfengine.checkpoint.folder import (checkpoint_path, estimate_bytes, list_checkpoints, preflight,
-                                        remove_temporaries, resume_hint)
+                                        remove_temporaries, resume_hint, run_bytes)
 from rfengine.checkpoint.reading import META, UnsafeFileError, complete, latest, load, prune, read_pt, unreadable
 from rfengine.checkpoint.sharded import load_sharded, save_sharded
 from rfengine.checkpoint.state import (capture_rng, export_safetensors, load_model_state, load_safetensors,
@@ -25,7 +25,7 @@ from rfengine.checkpoint.state import (capture_rng, export_safetensors, load_mod
 from rfengine.storage import write_atomic, write_json
 
 __all__ = ["BackgroundWriter", "save_atomic", "checkpoint_path", "estimate_bytes", "list_checkpoints", "preflight",
-           "remove_temporaries", "resume_hint", "META", "UnsafeFileError", "complete", "latest", "load", "prune",
-           "read_pt", "unreadable", "load_sharded", "save_sharded", "capture_rng", "export_safetensors",
+           "remove_temporaries", "resume_hint", "run_bytes", "META", "UnsafeFileError", "complete", "latest", "load",
+           "prune", "read_pt", "unreadable", "load_sharded", "save_sharded", "capture_rng", "export_safetensors",
            "load_model_state", "load_safetensors", "read_safetensors", "restore_rng", "strip_prefixes", "write_atomic",
            "write_json"]

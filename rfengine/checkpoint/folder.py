@@ -72,12 +72,18 @@ def estimate_bytes(model: torch.nn.Module, world: int = 1) -> int:
     return int(2 * state + moments + 1024 * tensors + 64 * 1024 * world)
 
 
+def run_bytes(model: torch.nn.Module, world: int, keep: int) -> int:
+    """Bytes a run folder holds at most in checkpoints: `keep + 1` checkpoints (the kept ones and the one
+    being written) and the EMA export (a quarter of a checkpoint)."""
+    ckpt = estimate_bytes(model, world)
+    return (keep + 1) * ckpt + ckpt // 4
+
+
 def preflight(out: Path, model: torch.nn.Module, world: int, keep: int, other_bytes: int, other: str) -> None:
-    """Before a run creates anything: its folder must be writable and have room for `keep + 1`
-    checkpoints (the kept ones and the one being written), the EMA export (a quarter of a
-    checkpoint) and `other_bytes` (`other`, e.g. sample grids), less what a resumed run already has
-    there. Raises `storage.WriteError` naming the folder, the space needed and the space free."""
+    """Before a run creates anything: its folder must be writable and have room for its checkpoints and
+    export (`run_bytes`) and `other_bytes` (`other`, e.g. sample grids), less what a resumed run already
+    has there. Raises `storage.WriteError` naming the folder, the space needed and the space free."""
     ckpt = estimate_bytes(model, world)
     have = storage.bytes_in([p for _, p in list_checkpoints(Path(out) / "checkpoints")] + [Path(out) / "ema.safetensors"])
-    need = (keep + 1) * ckpt + ckpt // 4 + other_bytes + 10**6 - have
+    need = run_bytes(model, world, keep) + other_bytes + 10**6 - have
     storage.preflight(Path(out), need, f"{keep + 1} checkpoints of {ckpt / 1e6:.1f} MB, the EMA export and {other}")

@@ -3,21 +3,67 @@
 Layout of a shard folder:
   meta.json            {"vae": str, "scale_factor": float, "resolution": int, "flip": "both"|"none",
                         "channels": int, "latent_size": int, "num_classes": int,
-                        "shards": [{"latents": "latents_00000.npy", "labels": "labels_00000.npy"}, ...]}
+                        "shards": [{"latents": "latents_00000.npy", "labels": "labels_00000.npy"}, ...],
+                        "vae_config": dict, "vae_sha256": str}  (the VAE by content: `vae.vae_identity`)
   latents_XXXXX.npy    (n, F, C, h, w) float16/float32, F = 2 (plain and flipped) when flip is "both", else 1;
                        stored unscaled: the reader multiplies by scale_factor
   labels_XXXXX.npy     (n,) int64
-The reader checks the metadata against the run's config before training starts.
+The reader checks the metadata against the run's config before training starts. The VAE is checked by
+content when the names differ: `data.vae` naming a copy of the VAE the shards were made with (another
+folder, the hub name of a local copy) is accepted, a different VAE refused; see `vae_problem`.
 """
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
+log = logging.getLogger("rfengine")
+
 REQUIRED_META = ("vae", "scale_factor", "resolution", "flip", "channels", "latent_size", "num_classes", "shards")
+
+
+def recorded_vae(meta: dict) -> dict | None:
+    """The identity (`vae.vae_identity`) of the VAE the shards were encoded with, or None when meta.json
+    predates recording it."""
+    if "vae_sha256" not in meta:
+        return None
+    return {"config": meta.get("vae_config") or {}, "sha256": meta["vae_sha256"]}
+
+
+def vae_problem(meta: dict, vae: str) -> str | None:
+    """Why `vae` (data.vae) is not the VAE the shards were encoded with (meta["vae"]), or None. The same
+    name is the same VAE. Otherwise, when meta.json records the VAE by content, `vae` is loaded without
+    the network (a folder, or a hub name in the local cache) and compared by weights; when it cannot be
+    loaded here (a hub name on an offline machine), a shards' VAE folder of the same name as the hub
+    model (/local/sd-vae-ft-ema for stabilityai/sd-vae-ft-ema) is taken for a copy of it, with a warning."""
+    made = meta["vae"]
+    if not vae or made == vae:
+        return None
+    recorded = recorded_vae(meta)
+    if recorded is None:
+        return f"data.vae is {vae!r} but the shards were encoded with {made!r}"
+    from rfengine.data.vae import load_vae, same_vae, vae_identity
+    try:
+        named = vae_identity(load_vae(vae, None, "cpu", offline=True))
+    except ValueError as e:
+        if Path(vae.rstrip("/")).name == Path(str(made).rstrip("/")).name:
+            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # said once, not per process
+                log.warning("data.vae %r is not on this machine, so it cannot be compared with the VAE the latents were "
+                            "made with, %s (weights SHA-256 %s); that folder has its name, so it is taken for a copy",
+                            vae, made, recorded["sha256"][:16])
+            return None
+        return (f"data.vae is {vae!r} but the shards were encoded with {made!r} (weights SHA-256 "
+                f"{recorded['sha256'][:16]}), and {vae!r} cannot be loaded here to compare them ({e})")
+    if same_vae(named, recorded):
+        log.info("data.vae %r is the VAE the latents were made with (%s): the same weights (SHA-256 %s)", vae, made,
+                 recorded["sha256"][:16])
+        return None
+    return (f"data.vae {vae!r} (weights SHA-256 {named['sha256'][:16]}) is not the VAE the shards were encoded "
+            f"with, {made!r} (SHA-256 {recorded['sha256'][:16]})")
 
 
 class LatentShardDataset(torch.utils.data.Dataset):
@@ -42,9 +88,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
         missing = [k for k in REQUIRED_META if k not in meta]
         if missing:
             raise ValueError(f"{meta_path}: missing metadata keys {missing}")
-        problems = []
-        if vae and meta["vae"] != vae:
-            problems.append(f"data.vae is {vae!r} but the shards were encoded with {meta['vae']!r}")
+        problems = [p for p in [vae_problem(meta, vae)] if p]
         if scale_factor is not None and abs(float(meta["scale_factor"]) - scale_factor) > 1e-9:
             problems.append(f"data.scale_factor is {scale_factor} but the shards say {meta['scale_factor']}")
         if resolution is not None and int(meta["resolution"]) != resolution:
@@ -73,6 +117,9 @@ class LatentShardDataset(torch.utils.data.Dataset):
         self.num_classes = int(meta["num_classes"])
         self.shape = (int(meta["channels"]), int(meta["latent_size"]), int(meta["latent_size"]))
         self.meta = meta
+        # the VAE that decodes these latents, by name (the config's first) and content (None: not recorded)
+        self.vae_names = list(dict.fromkeys(n for n in (vae, meta["vae"]) if n))
+        self.vae_identity = recorded_vae(meta)
 
     def __len__(self) -> int:
         return self.n

@@ -28,6 +28,8 @@ def prepare(cfg, dist: parallel.Dist, out: Path, shape: tuple[int, int, int], nu
         model = build_model(cfg, shape, num_classes, "meta")
     c, h, w = shape
     side = max(h, w, 64)  # grids are upscaled to at least 64 pixels; PNG is at most the raw bytes
+    if cfg.data.name == "latents":  # decoded through the VAE into RGB images of data.image_size
+        c, side = 3, max(cfg.data.image_size, 64)
     grids = cfg.train.steps // cfg.train.sample_every + 1
     grid_bytes = grids * cfg.sample.num_images * (3 if c >= 3 else 1) * side * side
     checkpoint.preflight(out, model, dist.world, cfg.train.keep_ckpts, grid_bytes, f"{grids} sample grids")

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 diffusers = pytest.importorskip("diffusers", reason="the optional [latents] extra (diffusers) is not installed")
 
@@ -18,40 +17,16 @@ from rfengine.trainer import Trainer  # noqa: E402
 from tests.helpers import read_metrics, tiny_cfg  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
-        latent_channels=4, norm_num_groups=4, sample_size=16)
-    path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["cat", "dog"]):
-        (root / name).mkdir()
-        for i in range(5 + c):  # 11 images, odd sizes: resized and centre-cropped to 16
-            arr = rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(root / name / f"{i}.png")
-    return root
-
-
 def test_shards_hold_the_vae_encodings_and_the_reader_accepts_them(tmp_path, vae_dir, images):
-    out = extract(str(images), str(vae_dir), tmp_path / "lat", resolution=16, batch=4, shard_size=4, mode="mean",
+    out = extract(str(images), str(vae_dir), tmp_path / "lat", resolution=32, batch=4, shard_size=4, mode="mean",
                   dtype="float32", workers=0, progress=False)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["channels"] == 4 and meta["latent_size"] == 8 and meta["num_classes"] == 2
+    assert meta["channels"] == 4 and meta["latent_size"] == 4 and meta["num_classes"] == 2
     assert meta["flip"] == "both" and meta["scale_factor"] == pytest.approx(0.18215) and len(meta["shards"]) == 3
-    ds = LatentShardDataset(out, vae=str(vae_dir), scale_factor=0.18215, resolution=16, flip=True)
-    assert len(ds) == 11 and ds.shape == (4, 8, 8)
+    ds = LatentShardDataset(out, vae=str(vae_dir), scale_factor=0.18215, resolution=32, flip=True)
+    assert len(ds) == 11 and ds.shape == (4, 4, 4)
     vae = diffusers.AutoencoderKL.from_pretrained(vae_dir).eval()
-    pixels = ImageFolderDataset(images, 16)
+    pixels = ImageFolderDataset(images, 32)
     for i in (0, 6, 10):
         x, label = pixels[i]
         with torch.no_grad():
@@ -66,19 +41,21 @@ def test_shards_hold_the_vae_encodings_and_the_reader_accepts_them(tmp_path, vae
 
 
 def test_sampled_latents_are_seeded_per_image_and_extraction_resumes(tmp_path, vae_dir, images, caplog):
-    a = extract(str(images), str(vae_dir), tmp_path / "a", resolution=16, batch=3, shard_size=4, workers=0,
+    a = extract(str(images), str(vae_dir), tmp_path / "a", resolution=32, batch=3, shard_size=4, workers=0,
                 progress=False)
-    b = extract(str(images), str(vae_dir), tmp_path / "b", resolution=16, batch=5, shard_size=4, workers=0,
+    b = extract(str(images), str(vae_dir), tmp_path / "b", resolution=32, batch=5, shard_size=4, workers=0,
                 progress=False)
-    for i in range(3):  # the same draws whatever the batching
-        np.testing.assert_array_equal(np.load(a / f"latents_{i:05d}.npy"), np.load(b / f"latents_{i:05d}.npy"))
+    for i in range(3):  # the same draws whatever the batching (another draw would differ by about 1; the
+        # encoder's convolutions may round differently at another batch size, a float16 ulp or two)
+        np.testing.assert_allclose(np.load(a / f"latents_{i:05d}.npy").astype(np.float32),
+                                   np.load(b / f"latents_{i:05d}.npy").astype(np.float32), rtol=0, atol=5e-3)
     assert np.load(a / "latents_00000.npy").dtype == np.float16
     # An extraction killed after shard 1: shard 2 and meta.json are missing; the rerun keeps shards 0-1.
     (b / "latents_00002.npy").unlink()
     (b / "meta.json").unlink()
     before = (b / "latents_00000.npy").stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        extract(str(images), str(vae_dir), b, resolution=16, batch=5, shard_size=4, workers=0, progress=False)
+        extract(str(images), str(vae_dir), b, resolution=32, batch=5, shard_size=4, workers=0, progress=False)
     assert "2 of this process's 3 shards are already complete" in caplog.text
     assert (b / "latents_00000.npy").stat().st_mtime_ns == before
     np.testing.assert_array_equal(np.load(a / "latents_00002.npy"), np.load(b / "latents_00002.npy"))
@@ -86,9 +63,9 @@ def test_sampled_latents_are_seeded_per_image_and_extraction_resumes(tmp_path, v
 
 
 def test_a_run_trains_on_extracted_latents(tmp_path, vae_dir, images):
-    out = extract(str(images), str(vae_dir), tmp_path / "lat", resolution=16, batch=4, workers=0, progress=False)
+    out = extract(str(images), str(vae_dir), tmp_path / "lat", resolution=32, batch=4, workers=0, progress=False)
     cfg = tiny_cfg(tmp_path / "run", "data.name=latents", f"data.path={out}", f"data.vae={vae_dir}",
-                   "data.image_size=16", "data.flip=true", "model.arch=DiT-T/2", "train.batch_size=4", "train.steps=3")
+                   "data.image_size=32", "data.flip=true", "model.arch=DiT-T/2", "train.batch_size=4", "train.steps=3")
     Trainer(cfg).run()
     assert len(read_metrics(tmp_path / "run")) == 3
 

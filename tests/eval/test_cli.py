@@ -1,10 +1,12 @@
-"""The measurement commands end to end on a tiny trained run: sampling (1 and 2 processes give the
-same images), FD against the embedded digits with the shipped classifier, exposure-bias diagnostics,
+"""The measurement commands end to end on a tiny trained run: sampling (its file, labels and default
+folders; many processes and resuming: test_sample_at_scale.py), FD against the embedded digits with the shipped classifier, exposure-bias diagnostics,
 and the sampler options."""
 import json
+import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from rfengine import evaluate, sample
 from rfengine.trainer import Trainer
@@ -21,20 +23,44 @@ def run_dir(tmp_path_factory):
 def test_sample_writes_npz_grid_and_metadata(run_dir, tmp_path):
     assert sample.sample_main(["--run-dir", str(run_dir), "--count", "7", "--batch", "3", "--steps", "2",
                                "--out", str(tmp_path)]) == 0
-    stem = "samples_ema_euler2_cfg1_n7_seed0"
+    stem = "samples_ema_step3_euler2_cfg1_n7_seed0"  # the checkpoint's step: a later one samples elsewhere
     with np.load(tmp_path / f"{stem}.npz") as f:
-        arr, labels = f["arr_0"], f["labels"]
+        assert sorted(f.files) == ["arr_0", "arr_1"]  # ADM's layout: images, then labels
+        arr, labels = f["arr_0"], f["arr_1"]
     assert arr.dtype == np.uint8 and arr.shape == (7, 16, 16, 1)
-    assert labels.tolist() == [0, 1, 2, 3, 4, 5, 6]  # class i % 10 for sample i
-    assert (tmp_path / f"{stem}.png").is_file()
+    # uniform labels as DiT/SiT draw them (torch.randint), one stream indexed by sample
+    want = torch.randint(0, 10, (7,), generator=torch.Generator().manual_seed(0))
+    assert labels.dtype == np.int64 and labels.tolist() == want.tolist()
+    assert (tmp_path / f"{stem}.png").is_file() and not (tmp_path / f"{stem}.parts").exists()
     meta = json.loads((tmp_path / f"{stem}.json").read_text())
-    assert meta["steps"] == 2 and meta["weights"] == "ema" and meta["num"] == 7
+    assert meta["steps"] == 2 and meta["weights"] == "ema" and meta["num"] == 7 and meta["step"] == 3
+    assert meta["labels"] == "uniform" and meta["batch"] == 3
+    before = (tmp_path / f"{stem}.npz").stat().st_mtime_ns  # the same command again: complete, nothing to do
+    assert sample.sample_main(["--run-dir", str(run_dir), "--count", "7", "--batch", "3", "--steps", "2",
+                               "--out", str(tmp_path)]) == 0
+    assert (tmp_path / f"{stem}.npz").stat().st_mtime_ns == before
+    assert sample.sample_main(["--run-dir", str(run_dir), "--count", "7", "--batch", "3", "--steps", "2",
+                               "--out", str(tmp_path), "--labels", "balanced"]) == 0
+    with np.load(tmp_path / "samples_ema_step3_euler2_cfg1_balanced_n7_seed0.npz") as f:
+        assert f["arr_1"].tolist() == [0, 1, 2, 3, 4, 5, 6]  # class i % 10 for sample i
+
+
+def test_default_output_folders(run_dir, tmp_path):
+    """A run folder's samples go to <run>/eval; a weights file's beside it (never two folders up)."""
+    args = ["--count", "2", "--steps", "1"]
+    assert sample.sample_main(["--run-dir", str(run_dir), *args]) == 0
+    assert (run_dir / "eval" / "samples_ema_step3_euler1_cfg1_n2_seed0.npz").is_file()
+    weights = tmp_path / "deep" / "er" / "w.safetensors"
+    weights.parent.mkdir(parents=True)
+    shutil.copy(run_dir / "ema.safetensors", weights)
+    assert sample.sample_main(["--ckpt", str(weights), *args]) == 0
+    assert [p.name for p in weights.parent.glob("*.npz")] == ["samples_ema_step3_euler1_cfg1_n2_seed0.npz"]
 
 
 @pytest.mark.parametrize("method, extra, stem", [
     ("sde", ["--cfg", "1.5", "--cfg-channels", "3", "--cfg-interval", "0", "0.7"],
-     "samples_ema_sde3_cfg1.5_ch3_int0-0.7_sigma1_lastmean0.04_n4_seed0"),
-    ("dopri5", ["--rtol", "1e-2"], "samples_ema_dopri53_cfg1_atol1e-06_rtol0.01_n4_seed0"),
+     "samples_ema_step3_sde3_cfg1.5_ch3_int0-0.7_sigma1_lastmean0.04_n4_seed0"),
+    ("dopri5", ["--rtol", "1e-2"], "samples_ema_step3_dopri53_cfg1_atol1e-06_rtol0.01_n4_seed0"),
 ])
 def test_sample_cli_takes_the_sde_dopri5_and_guidance_options(run_dir, tmp_path, method, extra, stem):
     args = ["--run-dir", str(run_dir), "--count", "4", "--batch", "2", "--steps", "3", "--method", method, *extra]
@@ -51,24 +77,9 @@ def test_sample_cli_takes_the_sde_dopri5_and_guidance_options(run_dir, tmp_path,
         assert meta["rtol"] == 0.01 and len(meta["nfe_per_batch"]) == 2 and min(meta["nfe_per_batch"]) >= 6
 
 
-def test_sampling_under_torchrun_gives_the_same_images(run_dir, tmp_path):
-    import subprocess
-    import sys
-    args = ["--run-dir", str(run_dir), "--count", "6", "--batch", "2", "--steps", "2"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert sample.sample_main([*args, "--out", str(one)]) == 0
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "rfengine.sample", *args, "--out", str(two)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    name = "samples_ema_euler2_cfg1_n6_seed0.npz"
-    a, b = np.load(one / name)["arr_0"].astype(int), np.load(two / name)["arr_0"].astype(int)
-    assert np.abs(a - b).max() <= 1  # same noise per index; batch composition may move a rounding
-
-
 def test_fd_and_bias_commands(run_dir, tmp_path):
     assert sample.sample_main(["--run-dir", str(run_dir), "--count", "40", "--steps", "2", "--out", str(tmp_path)]) == 0
-    npz = tmp_path / "samples_ema_euler2_cfg1_n40_seed0.npz"
+    npz = tmp_path / "samples_ema_step3_euler2_cfg1_n40_seed0.npz"
     res = evaluate.fd_command(evaluate.parse_args(["fd", "--samples", str(npz), "--ref", "digits"]))
     assert res["fd"] > 0 and res["n_samples"] == 40 and res["precision_recall"]["n_ref"] == 1797
     assert res["features"]["accuracy"] > 0.9  # the shipped digit classifier is a usable feature space
