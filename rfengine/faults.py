@@ -4,7 +4,9 @@ SIGKILL at a named point of step `<step>`, exactly as a machine loss or an OOM k
 Points: `after_step` (after the optimizer step, before logging), `checkpoint_write` (the checkpoint's
 temporary file, or every file of a sharded checkpoint's temporary folder, is half written, not yet
 renamed), `sample_chunk` (sampling: the process has written its `<step>`-th chunk of this run). Unset in
-normal runs; reading it costs nothing.
+normal runs; reading it costs nothing. `RFENGINE_FAULT_RANK=<r>` arms it on rank `r` only (the others lose
+a peer, as on a real machine loss). Under torchrun a fault fires in the job's first
+attempt only (`TORCHELASTIC_RESTART_COUNT` 0), so that a group restarted by `--max-restarts` gets past it.
 
 Slow storage: `hold_write` holds the checkpoint of that step between its write and its rename until
 the file `<out>/release` appears (at most `RFENGINE_FAULT_HOLD` seconds, default 60, then it says so
@@ -41,7 +43,12 @@ def armed(point: str, step: int) -> bool:
     name, _, at = spec.partition("@")
     if name not in POINTS or not at.isdigit():
         raise ValueError(f"RFENGINE_FAULT={spec!r}: expected <point>@<step> with point in {POINTS}")
-    return name == point and int(at) == step
+    if name != point or int(at) != step:
+        return False
+    rank = os.environ.get("RFENGINE_FAULT_RANK", "")
+    if rank and rank != os.environ.get("RANK", "0"):
+        return False
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 
 
 def kill_now() -> None:

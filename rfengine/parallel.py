@@ -1,11 +1,14 @@
 """Process groups and model wrapping. One process is world size 1; torchrun sets RANK/WORLD_SIZE."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("rfengine")
 
 
 @dataclass
@@ -33,8 +36,38 @@ def init_distributed(backend: str = "auto") -> Dist:
     if world > 1 and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None,
+                                store=_attempt_store(rank, world), rank=rank, world_size=world)
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def _attempt_store(rank: int, world: int):
+    """The store a restarted torchrun job forms its group on: a namespace of its own per attempt.
+
+    torchrun's agent hosts one TCPStore for the whole job (`TORCHELASTIC_USE_AGENT_STORE=True`) and
+    hands every attempt of `--max-restarts` the same address, with the keys of the attempt before still
+    in it; torch's `env://` set-up adds no prefix of its own. A restarted rank then reads a peer's
+    address (gloo) or unique id (NCCL) of the dead attempt before the peer rewrites it: connection
+    refused, or a hang until the store's timeout (measured with torch 2.13: 4 of 6 restarts failed). On
+    one node every worker's `TORCHELASTIC_RESTART_COUNT` is the same agent's count, so it names the
+    attempt. Across nodes the agents count restarts separately (a node whose workers were healthy
+    restarts without counting), so there the launcher turns the shared store off
+    (`TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`: a fresh store per attempt) and `env://` is used as it is.
+    None (torch's `env://`) outside torchrun's shared store."""
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    one_node = os.environ.get("LOCAL_WORLD_SIZE") == str(world)
+    if not shared:
+        return None
+    if not one_node:
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and rank == 0:
+            log.warning(
+                "torchrun --max-restarts across nodes with the agent's shared store: a restarted group can fail "
+                "to form; launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/cluster.md)")
+        return None
+    from torch.distributed.constants import default_pg_timeout
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=default_pg_timeout)
+    return dist.PrefixStore(f"rfengine/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 # The wrapping order is fixed: activation checkpointing, then compile per block, then the data-parallel

@@ -22,7 +22,7 @@ from rfengine.models import drop_labels
 from rfengine.objectives import pin_schedule
 from rfengine.optim import ema_update
 from rfengine.run import build as build_lib, lifecycle
-from rfengine.run.checkpoints import CheckpointManager, TrainState
+from rfengine.run.checkpoints import CheckpointManager, TrainState, find as find_checkpoint
 from rfengine.run.grids import latent_decoder, save_samples
 from rfengine.run.metrics import RunMetrics
 
@@ -42,8 +42,10 @@ class Trainer:
         self.out = Path(cfg.train.out_dir)
         self.dataset = build_dataset(cfg.data)
         shape, classes = self.dataset.shape, self.dataset.num_classes
-        lifecycle.prepare(cfg, self.dist, self.out, shape, classes)  # a run that cannot write never starts
-        self.built = build_lib.build(cfg, self.dist, shape, classes)
+        # a run that cannot write, or that would mix with another run in its folder, never starts
+        lifecycle.prepare(cfg, self.dist, self.out, shape, classes, fresh=not resume)
+        start = find_checkpoint(resume, self.out / "checkpoints", self.dist.is_main)
+        self.built = build_lib.build(cfg, self.dist, shape, classes, init=start is None)  # resume: no init_from
         b = self.built
         self.model, self.wrapped, self.ema, self.optimizer, self.scheduler = (b.model, b.wrapped, b.ema, b.optimizer,
                                                                               b.scheduler)
@@ -53,7 +55,7 @@ class Trainer:
         self.stop = None  # run() installs the SIGTERM/SIGINT handlers
         self.stop_agreed = False  # the last step's stop flag, agreed over every process: what the loop acts on
         self.decoder = latent_decoder(self.dataset)  # a latent run's grids: through its VAE, if it loads
-        recorded = self.checkpoints.load(resume)
+        recorded = self.checkpoints.load(start)
         self.objective, self.state.schedule = pin_schedule(b.objective, cfg.objective, cfg.train.steps, recorded)
         if self.dist.is_main:
             lifecycle.save_config(cfg, self.state.schedule, self.out)

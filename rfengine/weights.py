@@ -57,12 +57,7 @@ def read(path: str | Path, weights: str = "ema") -> tuple[dict | None, dict | No
         if held != weights:
             raise ValueError(f"{path} holds the {held} weights, not {weights!r}")
         return strip_prefixes(state), meta, f"rfengine safetensors export ({held} weights)"
-    try:
-        obj = checkpoint.read_pt(path, "weights file")
-    except checkpoint.UnsafeFileError:
-        raise
-    except Exception as e:
-        raise ValueError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}: {e})") from e
+    obj = checkpoint.read_pt(path, "weights file")
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return strip_prefixes(obj), None, "raw state dict (released weights)"
     if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -89,6 +84,8 @@ def init_weights(model: torch.nn.Module, ema: torch.nn.Module, path: str | Path,
     """`train.init_from`: the weights at `path` into a freshly built `model` and its `ema` (step 0,
     nothing else is taken); returns a description of what was loaded. Strict: missing, unexpected and
     wrongly shaped keys are named in one ValueError, and a learn_sigma mismatch says which setting fits."""
+    if not Path(path).exists():
+        raise ValueError(f"train.init_from: no such file or folder: {path}")
     state, meta, what = read(path, weights)
     if state is None:  # sharded: read into the full tensors of this model
         state = strip_prefixes(load_sharded(meta["sharded"], {_key(weights): model.state_dict()})[_key(weights)])

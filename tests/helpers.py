@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +26,22 @@ def read_metrics(out_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 300,
+             restarts: int = 0) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=nproc [--max-restarts=restarts] rfengine/train.py ...`. On a
+    timeout the whole process group goes (the workers too, not only the agent), then TimeoutExpired."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "rfengine" / "train.py"), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+           f"--max-restarts={restarts}", str(ROOT / "rfengine" / "train.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def train_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -106,13 +106,41 @@ def test_learn_sigma_checkpoints(tmp_path):
         weights.init_weights(_model(learn_sigma=True), _model(learn_sigma=True), tmp_path / "plain.pt", "ema")
 
 
-def test_missing_file_is_a_config_error_and_resume_wins(tmp_path):
-    with pytest.raises(config.ConfigError, match="train.init_from: no such file"):
-        tiny_cfg(tmp_path, "train.init_from=/nonexistent/weights.pt")
+def test_a_missing_file_stops_the_start_and_resume_never_reads_it(tmp_path):
+    """A run that starts from a missing file stops with one error naming the key; a resumed run continues
+    from its checkpoint, not from init_from, and does not even read it (here it is gone by then)."""
+    with pytest.raises(ValueError, match="train.init_from: no such file or folder: /nonexistent/weights.pt"):
+        Trainer(tiny_cfg(tmp_path / "missing", "train.init_from=/nonexistent/weights.pt"))
     torch.save(_model().state_dict(), tmp_path / "w.pt")
     cfg = tiny_cfg(tmp_path / "run", f"train.init_from={tmp_path / 'w.pt'}", "train.steps=2", "train.ckpt_every=1")
     Trainer(cfg).run()
+    (tmp_path / "w.pt").unlink()
     resumed = Trainer(cfg, resume="auto")
     _, ckpt = checkpoint.latest(tmp_path / "run" / "checkpoints")
     assert resumed.step == 2 and _same(resumed.model, checkpoint.strip_prefixes(ckpt["model"]))
-    assert not _same(resumed.model, _model().state_dict())  # --resume continues the run, not init_from
+    assert resumed.built.init_source is None  # --resume continues the run, not init_from
+
+
+def test_a_moved_finetune_samples_and_exports_without_its_init_file(tmp_path):
+    """The shipped fine-tune recipe's artifacts travel: its run folder moved elsewhere and the weights it
+    started from deleted, its checkpoint and its export still sample and export (the stored config is
+    validated for the model it describes, not for the files the run once read)."""
+    import shutil
+
+    from rfengine import export, sample
+    from tests.helpers import ROOT
+    torch.save(_model().state_dict(), tmp_path / "pretrained.pt")
+    cfg = tiny_cfg(tmp_path / "run", f"train.init_from={tmp_path / 'pretrained.pt'}", "train.steps=2",
+                   config_file=ROOT / "configs" / "tiny_finetune_reflexflow.yaml")
+    assert cfg.objective.name == "reflexflow" and cfg.train.init_from
+    Trainer(cfg).run()
+    moved = shutil.move(tmp_path / "run", tmp_path / "elsewhere")
+    (tmp_path / "pretrained.pt").unlink()
+    ckpt = checkpoint.list_checkpoints(moved / "checkpoints")[-1][1]
+    for source in (ckpt, moved / "ema.safetensors"):
+        out = tmp_path / f"out_{source.stem}"
+        assert sample.sample_main(["--ckpt", str(source), "--count", "2", "--steps", "1", "--out", str(out)]) == 0
+        assert len(list(out.glob("samples_*.npz"))) == 1
+        assert export.main(["--ckpt", str(source), "--out", str(out / "w.safetensors")]) == 0
+        assert weights.load_model(out / "w.safetensors")[1].train.init_from == str(tmp_path / "pretrained.pt")
+    assert export.main(["--run-dir", str(moved), "--out", str(tmp_path / "from_run_dir.safetensors")]) == 0

@@ -15,9 +15,9 @@ folders) and `state` (state dicts, RNG states, the safetensors export). Atomic f
 `rfengine.storage`, so that code that writes other files needs no checkpointing.
 """
 from rfengine.checkpoint.background import BackgroundWriter, save_atomic
-from rfengine.checkpoint.folder import (checkpoint_path, estimate_bytes, list_checkpoints, preflight, prune,
+from rfengine.checkpoint.folder import (checkpoint_path, estimate_bytes, list_checkpoints, preflight,
                                         remove_temporaries, resume_hint, run_bytes)
-from rfengine.checkpoint.reading import META, UnsafeFileError, latest, load, read_pt
+from rfengine.checkpoint.reading import META, UnsafeFileError, complete, latest, load, prune, read_pt, unreadable
 from rfengine.checkpoint.sharded import load_sharded, save_sharded
 from rfengine.checkpoint.state import (capture_rng, export_safetensors, load_model_state, load_safetensors,
                                        read_safetensors, restore_rng,
@@ -25,7 +25,7 @@ from rfengine.checkpoint.state import (capture_rng, export_safetensors, load_mod
 from rfengine.storage import write_atomic, write_json
 
 __all__ = ["BackgroundWriter", "save_atomic", "checkpoint_path", "estimate_bytes", "list_checkpoints", "preflight",
-           "prune", "remove_temporaries", "resume_hint", "run_bytes", "META", "UnsafeFileError", "latest", "load",
-           "read_pt",
-           "load_sharded", "save_sharded", "capture_rng", "export_safetensors", "load_model_state", "load_safetensors", "read_safetensors",
-           "restore_rng", "strip_prefixes", "write_atomic", "write_json"]
+           "remove_temporaries", "resume_hint", "run_bytes", "META", "UnsafeFileError", "complete", "latest", "load",
+           "prune", "read_pt", "unreadable", "load_sharded", "save_sharded", "capture_rng", "export_safetensors",
+           "load_model_state", "load_safetensors", "read_safetensors", "restore_rng", "strip_prefixes", "write_atomic",
+           "write_json"]

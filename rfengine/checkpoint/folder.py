@@ -1,5 +1,5 @@
-"""The run's checkpoint folder: names, discovery, pruning, leftovers of a crashed writer, and the
-pre-flight check that the folder can hold the checkpoints a run will write."""
+"""The run's checkpoint folder: names, discovery, leftovers of a crashed writer, and the pre-flight check
+that the folder can hold the checkpoints a run will write (pruning, which reads them: `reading.prune`)."""
 from __future__ import annotations
 
 import logging
@@ -40,9 +40,18 @@ def resume_hint(folder: Path) -> str:
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:
-    """Delete temporary files left by a writer that was killed mid-write; returns what was removed."""
+    """Delete temporary files left by a writer that was killed mid-write, and put back a sharded checkpoint
+    whose re-save was cut between its two renames (`.step_X.old`, the complete old set, becomes `step_X`
+    again when no `step_X` is there); returns what was removed."""
     folder = Path(folder)
-    gone = sorted(folder.glob(".step_*.tmp-*")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    for old in sorted(folder.glob(".step_*.old")):
+        named = folder / old.name[1:-len(".old")]
+        if not named.exists():
+            old.rename(named)
+            log.warning("put back checkpoint %s, whose re-save was cut off", named.name)
+    gone = sorted(folder.glob(".step_*.tmp-*")) + sorted(folder.glob(".step_*.old"))
     for p in gone:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
@@ -50,19 +59,6 @@ def remove_temporaries(folder: str | Path) -> list[Path]:
             p.unlink(missing_ok=True)
         log.warning("removed an incomplete checkpoint left by a crashed writer: %s", p.name)
     return gone
-
-
-def prune(folder: str | Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints (one that cannot be deleted is a warning: the
-    new checkpoint is complete, and the next prune tries again)."""
-    for _, path in list_checkpoints(folder)[:-keep]:
-        try:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        except OSError as e:
-            log.warning("old checkpoint %s not removed: %s", path, storage.cause(e, path))
 
 
 def estimate_bytes(model: torch.nn.Module, world: int = 1) -> int:

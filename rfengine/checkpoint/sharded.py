@@ -69,10 +69,13 @@ def save_sharded(tensors: dict, meta: dict, path: str | Path, is_main: bool, bef
             fsync_dir(tmp)
             if before_rename is not None:
                 before_rename(tmp)
-            if path.exists():  # the same step saved again (a resumed run): replace it whole
-                shutil.rmtree(path)
+            old = path.with_name(f".{path.name}.old")
+            if path.exists():  # the same step saved again: the old set keeps a name until the new one has its
+                shutil.rmtree(old, ignore_errors=True)  # (a crash between the renames: `remove_temporaries`
+                os.replace(path, old)  # puts the old set back)
             os.replace(tmp, path)
             fsync_dir(path.parent)
+            shutil.rmtree(old, ignore_errors=True)
         except Exception as e:
             raise storage.write_error(path, e) from e
         if after is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rfengine.checkpoint.reading import unreadable
 from rfengine.storage import write_atomic
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -55,20 +56,25 @@ def capture_rng() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's device only: a resume
+        state["cuda"] = torch.cuda.get_rng_state()  # may see fewer devices (per-process CUDA_VISIBLE_DEVICES)
     return state
 
 
 def restore_rng(state: dict) -> None:
+    """The random states `capture_rng` took, restored in this process (CUDA's into the current device)."""
     torch.set_rng_state(state["torch"])
     npr = state["numpy"]
     if isinstance(npr, dict):
         npr = (npr["name"], npr["keys"].numpy().astype(np.uint32), npr["pos"], npr["has_gauss"], npr["cached_gaussian"])
     np.random.set_state(npr)  # (or the tuple of checkpoints written before: numpy arrays, read by the allow-list)
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # into the current device (set from LOCAL_RANK)
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints written before: one state per visible device
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def export_safetensors(state: dict, path: str | Path, metadata: dict) -> Path:
@@ -93,8 +99,8 @@ def read_safetensors(path: str | Path) -> tuple[dict, dict | None]:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("rfengine", "null"))
             state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+    except Exception as e:  # safetensors' own reasons are short and advise nothing
+        raise unreadable(path, "weights file", f"not a readable safetensors file: {e}") from None
     return state, meta if isinstance(meta, dict) else None
 
 

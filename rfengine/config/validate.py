@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from pathlib import Path
 from typing import Any, Literal
 
 from rfengine.config.schema import Config, ConfigError
@@ -86,7 +85,9 @@ def _build(cls, data: dict, prefix: str = ""):
 
 
 def _cross_checks(cfg: Config) -> None:
-    """Rules that span several keys."""
+    """Rules that span several keys. None looks at files: a config stored in a checkpoint or an export
+    must validate on any machine, long after `train.init_from`'s file is gone (a run that starts from it
+    checks it then)."""
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {list(cfg.optim.betas)}")
     adr = cfg.objective.adr
@@ -95,8 +96,6 @@ def _cross_checks(cfg: Config) -> None:
                           "objective.adr.pairing=grid follows; use pairing=grid or shift=1")
     if cfg.data.name in ("folder", "latents") and not cfg.data.path:
         raise ConfigError(f"data.path: required for data.name={cfg.data.name!r}")
-    if cfg.train.init_from and not Path(cfg.train.init_from).exists():
-        raise ConfigError(f"train.init_from: no such file or folder: {cfg.train.init_from}")
     for name in ("start", "ramp"):
         value = getattr(cfg.objective, name)
         if value >= 1 and value != int(value):

@@ -42,13 +42,14 @@ def build_model(cfg, shape: tuple[int, int, int], num_classes: int, device) -> t
                         attention=cfg.model.attention).to(device)
 
 
-def build(cfg, dist: parallel.Dist, shape: tuple[int, int, int], num_classes: int) -> Built:
-    """Everything a run trains, built identically on every process (seeded by `train.seed`)."""
+def build(cfg, dist: parallel.Dist, shape: tuple[int, int, int], num_classes: int, init: bool = True) -> Built:
+    """Everything a run trains, built identically on every process (seeded by `train.seed`); with `init`
+    (a run that does not resume) starting from `train.init_from`'s weights, if set."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg, shape, num_classes, dist.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     init_source = None
-    if cfg.train.init_from:
+    if cfg.train.init_from and init:
         init_source = weights.init_weights(model, ema, cfg.train.init_from, cfg.train.init_weights)
         log.info("initial weights from %s", init_source)
     check_attention(cfg.model.attention, dist.device, model.blocks[0].attn.head_dim)

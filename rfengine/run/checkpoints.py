@@ -36,6 +36,29 @@ class TrainState:
     schedule: dict = field(default_factory=dict)
 
 
+def find(resume: str | None, folder: Path, is_main: bool) -> tuple[Path, dict] | None:
+    """The checkpoint a run starts from, read: `resume` 'auto' (the newest checkpoint in `folder` that
+    loads; None when there is none, so that one command serves the first start and every restart), a
+    path, or None (a fresh run). Leftovers of a crashed writer are cleared first (rank 0); checkpoints
+    that exist but none of which loads stop the run rather than start it over."""
+    if not resume:
+        return None
+    if is_main:
+        checkpoint.remove_temporaries(folder)
+    if resume != "auto":
+        return Path(resume), checkpoint.load(resume)
+    found = checkpoint.latest(folder)
+    if found is None:
+        present = checkpoint.list_checkpoints(folder)
+        if present:  # never start over silently on top of a run whose checkpoints cannot be read
+            raise ValueError(
+                f"--resume auto: none of the {len(present)} checkpoint(s) in {folder} loads "
+                f"({', '.join(p.name for _, p in present[-3:])}; the warnings above say why); to start "
+                "fresh, move them away or choose another train.out_dir")
+        log.info("--resume auto: no checkpoint in %s, starting fresh", folder)
+    return found
+
+
 class CheckpointManager:
     """Every checkpoint of one run, on every process (rank 0 writes single files; under FSDP every
     process writes its shards)."""
@@ -51,29 +74,13 @@ class CheckpointManager:
     # Reading
     # ------------------------------------------------------------------------------------------
 
-    def load(self, resume: str | None) -> dict | None:
-        """Resume from `resume` ('auto': the newest checkpoint that loads; a path; None: start fresh) into
-        the built model, EMA, optimizer, schedule and `state`; returns the schedule the run was started
-        with (None for a fresh run or an older checkpoint)."""
-        if self.dist.is_main:
-            checkpoint.remove_temporaries(self.folder)
-        if not resume:
+    def load(self, found: tuple[Path, dict] | None) -> dict | None:
+        """Resume from `found` (what `find` returned; None: start fresh) into the built model, EMA,
+        optimizer, schedule and `state`; returns the schedule the run was started with (None for a fresh
+        run or an older checkpoint)."""
+        if found is None:
             return None
-        if resume == "auto":
-            found = checkpoint.latest(self.folder)
-            if found is None:
-                present = checkpoint.list_checkpoints(self.folder)
-                if present:  # never start over silently on top of a run whose checkpoints cannot be read
-                    raise ValueError(
-                        f"--resume auto: none of the {len(present)} checkpoint(s) in {self.folder} loads "
-                        f"({', '.join(p.name for _, p in present[-3:])}; the warnings above say why); to start "
-                        "fresh, move them away or choose another train.out_dir")
-                log.info("--resume auto: no checkpoint in %s, starting fresh", self.folder)
-                return None
-            path, ckpt = found
-        else:
-            path = Path(resume)
-            ckpt = checkpoint.load(path)
+        path, ckpt = found
         b = self.built
         if "sharded" in ckpt:
             self._load_sharded(ckpt["sharded"])

@@ -17,9 +17,13 @@ from rfengine.telemetry import setup_logging
 log = logging.getLogger("rfengine")
 
 
-def prepare(cfg, dist: parallel.Dist, out: Path, shape: tuple[int, int, int], num_classes: int) -> None:
-    """Collective: refuse to start when the run folder cannot hold what the run writes (its checkpoints,
-    the export, the sample grids), then make the folders and start the log."""
+def prepare(cfg, dist: parallel.Dist, out: Path, shape: tuple[int, int, int], num_classes: int,
+            fresh: bool) -> None:
+    """Collective: refuse to start a `fresh` run (not resuming) in a folder that holds another run, or
+    any run when its folder cannot hold what it writes (its checkpoints, the export, the sample grids);
+    then make the folders and start the log."""
+    if fresh:
+        refuse_used_folder(out)
     with torch.device("meta"):
         model = build_model(cfg, shape, num_classes, "meta")
     c, h, w = shape
@@ -35,6 +39,20 @@ def prepare(cfg, dist: parallel.Dist, out: Path, shape: tuple[int, int, int], nu
     parallel.barrier()
     setup_logging(dist.is_main, out)
     log.info("rfengine: %d process(es), device %s", dist.world, dist.device)
+
+
+def refuse_used_folder(out: Path) -> None:
+    """Collective: a ValueError on every process when `out` holds another run's checkpoints (or a crashed
+    writer's leftovers) or metrics. A fresh run there would mix with it: metrics.jsonl restarted, and the
+    old run's later checkpoints outranking the new ones in pruning and in a later `--resume auto`."""
+    folder = out / "checkpoints"
+    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0:
+        held.append("metrics.jsonl")
+    used = [h for h in parallel.all_gather_object(held) if h]  # every process refuses, or none does
+    if used:
+        raise ValueError(f"train.out_dir {out} already holds a run ({', '.join(used[0][-3:])}); continue it with "
+                         "--resume auto, or start this run in a fresh train.out_dir")
 
 
 def save_config(cfg, schedule: dict, out: Path) -> None:

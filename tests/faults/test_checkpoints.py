@@ -37,7 +37,7 @@ def test_latest_skips_corrupt_and_ignores_temporaries(tmp_path, caplog):
 def test_corrupt_checkpoint_named(tmp_path):
     bad = tmp_path / "step_00000003.pt"
     bad.write_bytes(b"\x00garbage")
-    with pytest.raises(ValueError, match="step_00000003.pt is corrupt"):
+    with pytest.raises(ValueError, match="step_00000003.pt is not a checkpoint or weights file that rfengine can read"):
         checkpoint.load(bad)
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an rfengine training checkpoint"):
@@ -93,6 +93,30 @@ def test_keep_ckpts_prunes_old_ones(tmp_path):
     assert len(read_metrics(tmp_path)) == 6
 
 
+def test_a_fresh_run_into_a_used_folder_is_refused(tmp_path, capsys):
+    """Without --resume, a folder that holds another run's checkpoints or metrics is refused in one line
+    naming both ways on, and nothing in it changes; `--resume auto` continues the run there."""
+    import shutil
+
+    from rfengine import train
+    from tests.helpers import ROOT, TINY
+    run = tmp_path / "run"
+    Trainer(tiny_cfg(run, "train.steps=2")).run()
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    args = ["--config", str(ROOT / "configs" / "tiny_fm.yaml"), *set_args(*TINY, f"train.out_dir={run}", "train.steps=3")]
+    assert train.main(args) == 1
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("rfengine: error:")]
+    assert len(lines) == 1 and f"train.out_dir {run} already holds a run" in lines[0], lines
+    assert "step_00000002.pt" in lines[0] and "metrics.jsonl" in lines[0]
+    assert "--resume auto" in lines[0] and "a fresh train.out_dir" in lines[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    shutil.rmtree(run / "checkpoints")  # metrics alone (a run stopped before its first checkpoint)
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl\)"):
+        Trainer(tiny_cfg(run, "train.steps=3"))
+    assert train.main([*args, "--resume", "auto"]) == 0
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+
+
 def _sharded(folder, step, value=1.0):
     """A one-process sharded checkpoint of a small tensor dict."""
     return checkpoint.save_sharded({"model": {"w": torch.full((3, 5), value)}}, {"step": step},
@@ -113,8 +137,69 @@ def test_sharded_checkpoints_round_trip_and_incomplete_folders_are_skipped(tmp_p
     assert path.name == "step_00000004" and meta["step"] == 4 and meta["sharded"] == str(path)
     assert "not a complete sharded checkpoint" in caplog.text
     assert [p.name for p in checkpoint.remove_temporaries(tmp_path)] == [".step_00000008.tmp-dcp"]
-    checkpoint.prune(tmp_path, keep=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000006"]
+    checkpoint.prune(tmp_path, keep=1)  # the newest complete one is kept, not the damaged one after it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]
+
+
+def test_pruning_keeps_the_newest_complete_checkpoints(tmp_path):
+    """Damaged checkpoints newer than the complete ones (a torn copy, a file that is not a checkpoint) are
+    never counted as kept: the newest `keep` complete ones stay, the damaged newer ones too (until they
+    are older), everything older goes; with fewer complete ones than `keep`, nothing goes."""
+    for step in (2, 4, 6):
+        checkpoint.save_atomic({"step": step, "model": {}}, checkpoint.checkpoint_path(tmp_path, step))
+    good = checkpoint.checkpoint_path(tmp_path, 6).read_bytes()
+    checkpoint.checkpoint_path(tmp_path, 8).write_bytes(good[: len(good) // 2])
+    checkpoint.checkpoint_path(tmp_path, 10).write_text("not a checkpoint")
+    checkpoint.prune(tmp_path, keep=3)
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [2, 4, 6, 8, 10]
+    checkpoint.prune(tmp_path, keep=2)
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [4, 6, 8, 10]
+    assert checkpoint.latest(tmp_path)[1]["step"] == 6
+
+
+def test_resaving_a_sharded_step_keeps_the_old_set_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """The same step saved again: a crash between taking the old folder's name away and giving it to the
+    new one leaves the old set, which the next start puts back; an uncut re-save leaves the new set only."""
+    import rfengine.checkpoint.sharded as sharded
+    _sharded(tmp_path, 2, 2.0)
+    real = sharded.os.replace
+
+    def cut(src, dst):
+        if ".tmp-dcp" in str(src):
+            raise KeyboardInterrupt  # killed between the two renames
+        real(src, dst)
+    monkeypatch.setattr(sharded.os, "replace", cut)
+    with pytest.raises(KeyboardInterrupt):
+        _sharded(tmp_path, 2, 3.0)
+    monkeypatch.setattr(sharded.os, "replace", real)
+    checkpoint.remove_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002"]
+    target = {"model": {"w": torch.zeros(3, 5)}}
+    checkpoint.load_sharded(tmp_path / "step_00000002", target)
+    assert torch.equal(target["model"]["w"], torch.full((3, 5), 2.0))  # the old set, complete
+    _sharded(tmp_path, 2, 3.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002"]
+    checkpoint.load_sharded(tmp_path / "step_00000002", target)
+    assert torch.equal(target["model"]["w"], torch.full((3, 5), 3.0))
+
+
+def test_cuda_rng_state_is_this_process_device_only(monkeypatch):
+    """Saved and restored for the current device alone (a resume may see fewer devices); a checkpoint
+    written before (one state per visible device) restores the current device's entry."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(state.tolist()))
+    for name in ("get_rng_state_all", "set_rng_state_all"):  # every visible device: must not be used
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: pytest.fail("every device's RNG state touched"))
+    state = checkpoint.capture_rng()
+    assert state["cuda"].tolist() == [7]
+    checkpoint.restore_rng(state)
+    older = {**state, "cuda": [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]}
+    checkpoint.restore_rng(older)
+    assert calls == [[7], [2]]
 
 
 def test_sharded_checkpoint_from_another_model_is_named(tmp_path):
@@ -136,7 +221,7 @@ def test_safetensors_export_round_trip_and_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="no rfengine metadata"):
         checkpoint.load_safetensors(tmp_path / "foreign.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="not a readable safetensors"):
+    with pytest.raises(ValueError, match="junk.safetensors is not a checkpoint or weights file that rfengine can read"):
         checkpoint.load_safetensors(tmp_path / "junk.safetensors")
 
 

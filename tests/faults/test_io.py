@@ -15,11 +15,11 @@ import torch
 
 from rfengine import storage
 from rfengine.trainer import Trainer
+from tests.faults import runs
+from tests.faults.runs import STEPS
 from tests.helpers import TINY, losses, set_args, tiny_cfg, torchrun, train_cli
 
-STEPS = 12
-RUN = [*TINY, f"train.steps={STEPS}", "train.ckpt_every=4", "train.keep_ckpts=1", "objective.name=reflexflow",
-       "train.tensorboard=false"]
+RUN = [*runs.RUN, "train.keep_ckpts=1"]
 
 
 @contextlib.contextmanager
@@ -42,14 +42,6 @@ def _one_error_line(stderr: str) -> str:
 
 def _no_temporaries(folder):
     return not [p for p in folder.rglob("*") if ".tmp-" in p.name]
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight")
-    r = train_cli("--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return losses(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,8 +98,8 @@ def test_disk_fills_mid_run_then_resume_is_exact(tmp_path, straight):
         (out / "filler").unlink()
         r = train_cli(*args, "--resume", "auto")
         assert r.returncode == 0, r.stderr[-3000:]
-        got = losses(out)
-        assert [got[s] for s in range(1, STEPS + 1)] == [straight[s] for s in range(1, STEPS + 1)]
+        got, want = losses(out), losses(straight(1))
+        assert [got[s] for s in range(1, STEPS + 1)] == [want[s] for s in range(1, STEPS + 1)]
 
 
 def test_injected_enospc_on_checkpoint_and_export(tmp_path, monkeypatch):
@@ -176,13 +168,7 @@ def test_checkpoint_folder_turns_read_only_then_resume_is_exact(tmp_path, nproc,
     assert _no_temporaries(out)
     r = launch(out, "--resume", "auto")
     assert r.returncode == 0, r.stderr[-3000:]
-    if nproc == 1:  # the module's uninterrupted 1-process run is this run's reference
-        want = straight
-    else:
-        ref = launch(tmp_path / "straight")
-        assert ref.returncode == 0, ref.stderr[-3000:]
-        want = losses(tmp_path / "straight")
-    assert losses(out) == want
+    assert losses(out) == losses(straight(nproc, mode))
 
 
 def test_two_process_metrics_write_failure_stops_every_process(tmp_path):

@@ -2,7 +2,8 @@
 command is refused in one line at every entry point (train.init_from, --resume PATH, --resume auto,
 a sharded folder's meta.pt, rfengine.sample --ckpt, rfengine.export), and the command never runs.
 Released SiT training checkpoints (with an argparse.Namespace under `args`) and rfengine checkpoints
-written before the RNG states were tensors still load."""
+written before the RNG states were tensors still load. A file that is no checkpoint at all (random bytes,
+a cut archive, text) is one line in rfengine's words at every entry point that reads weights."""
 import argparse
 import os
 
@@ -117,3 +118,42 @@ def test_a_checkpoint_with_the_old_numpy_rng_state_still_resumes(tmp_path):
     assert np.array_equal(np.random.rand(3), want)
     tr = Trainer(tiny_cfg(tmp_path, "train.steps=3"), resume="auto")
     assert tr.step == 2
+
+
+def _bad_file(tmp_path, kind):
+    """A file that is no checkpoint: random bytes, a torch.save archive cut in half, a text file, or
+    random bytes named like a safetensors file."""
+    if kind == "truncated_zip":
+        torch.save({"model": {"w": torch.zeros(1000)}, "step": 1}, tmp_path / "whole.pt")
+        whole = (tmp_path / "whole.pt").read_bytes()
+        (tmp_path / "bad.pt").write_bytes(whole[: len(whole) // 2])
+        return tmp_path / "bad.pt"
+    if kind == "text":
+        (tmp_path / "bad.pt").write_text("step: 3\nmodel: DiT-T/4\n")
+        return tmp_path / "bad.pt"
+    path = tmp_path / ("bad.safetensors" if kind == "random_safetensors" else "bad.pt")
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return path
+
+
+@pytest.mark.parametrize("entry", ["init_from", "resume_path", "sample", "export", "evaluate"])
+@pytest.mark.parametrize("kind", ["random", "truncated_zip", "text", "random_safetensors"])
+def test_a_file_that_is_no_checkpoint_is_one_line_in_our_words(tmp_path, capsys, entry, kind):
+    """At every entry point that reads weights: one error line naming the file and saying it is not a
+    checkpoint or weights file rfengine can read; never torch's advice to load it with weights_only=False."""
+    from rfengine import evaluate, export, sample, train
+    from tests.helpers import ROOT
+    bad = _bad_file(tmp_path, kind)
+    run = ["--config", str(ROOT / "configs" / "tiny_fm.yaml"),
+           *set_args("train.progress=false", f"train.out_dir={tmp_path / 'run'}", "train.steps=2", "model.arch=DiT-T/4")]
+    argv = {"init_from": (train.main, [*run, "--set", f"train.init_from={bad}"]),
+            "resume_path": (train.main, [*run, "--resume", str(bad)]),
+            "sample": (sample.sample_main, ["--ckpt", str(bad), "--count", "2", "--out", str(tmp_path / "out")]),
+            "export": (export.main, ["--ckpt", str(bad), "--out", str(tmp_path / "w.safetensors")]),
+            "evaluate": (evaluate.main, ["bias", "--ckpt", str(bad), "--out", str(tmp_path / "out")])}[entry]
+    assert argv[0](argv[1]) == 1
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "error:" in x]
+    assert len(lines) == 1 and lines[0].startswith("rfengine"), err[-2000:]
+    assert f"{bad} is not a checkpoint or weights file that rfengine can read" in lines[0], lines[0]
+    assert "weights_only" not in err and "Traceback" not in err
