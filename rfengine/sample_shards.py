@@ -13,7 +13,6 @@ The parts folder is removed once the merged file and its metadata are in place.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import zipfile
@@ -23,9 +22,9 @@ import numpy as np
 import torch
 
 from rfengine import storage
+from rfengine.eval.npz import NpzWriter
 
 # Fixed zip member timestamps: the same images give the same bytes, whenever they are merged.
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 def chunks(count: int, size: int) -> list[range]:
@@ -91,30 +90,6 @@ def write_chunk(parts: Path, j: int, images: np.ndarray, labels: np.ndarray | No
     return storage.write_atomic(_chunk_path(parts, j), write)
 
 
-@contextlib.contextmanager
-def npy_member(zf: zipfile.ZipFile, name: str, shape: tuple, dtype):
-    """A writable `<name>.npy` member of an open zip (an .npz), with the .npy header of an array of
-    `shape` and `dtype` (C order) written first; yields `write(array)`, called with consecutive parts
-    along the first axis. The member is stored uncompressed, as np.savez stores it; its size is
-    checked when the block ends."""
-    dtype = np.dtype(dtype)
-    info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
-    with zf.open(info, "w", force_zip64=True) as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
-        written = [0]
-
-        def write(arr: np.ndarray) -> None:
-            if arr.dtype != dtype or arr.shape[1:] != tuple(shape[1:]):
-                raise ValueError(f"{name}: expected {dtype} (n, {', '.join(map(str, shape[1:]))}), got "
-                                 f"{arr.dtype} {arr.shape}")
-            f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
-            written[0] += arr.shape[0]
-        yield write
-        if written[0] != shape[0]:
-            raise ValueError(f"{name}: {written[0]} rows written, {shape[0]} declared")
-
-
 def _read_chunk(parts: Path, j: int, rows: range, image_shape: tuple, labelled: bool):
     path = _chunk_path(parts, j)
     redo = f"delete it and run the same command again to make chunk {j} anew"
@@ -139,33 +114,32 @@ def merge(parts: Path, plan: list[range], out: Path, labelled: bool, keep_first:
     a fixed grid)."""
     n = plan[-1].stop
     first, nfe, labels = [], [], np.empty(n, dtype=np.int64) if labelled else None
-    image_shape = None  # chunk 0 says it; every other chunk must agree
+    shape = _read_chunk(parts, 0, plan[0], None, labelled)[0].shape[1:]  # chunk 0's; every chunk must agree
+
+    def images():
+        for j, rows in enumerate(plan):
+            imgs, labs, count = _read_chunk(parts, j, rows, shape, labelled)
+            nfe.append(count)
+            if labelled:
+                labels[rows.start:rows.stop] = labs
+            if rows.start < keep_first:
+                first.append(imgs[:keep_first - rows.start].copy())
+            yield imgs
+            del imgs  # the next chunk is read without this one still held
 
     def write(tmp):
-        nonlocal image_shape
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with contextlib.ExitStack() as member:
-                for j, rows in enumerate(plan):
-                    images, labs, count = _read_chunk(parts, j, rows, image_shape, labelled)
-                    if image_shape is None:
-                        image_shape = images.shape[1:]
-                        put = member.enter_context(npy_member(zf, "arr_0", (n, *image_shape), np.uint8))
-                    put(images)
-                    nfe.append(count)
-                    if labelled:
-                        labels[rows.start:rows.stop] = labs
-                    if rows.start < keep_first:
-                        first.append(images[:keep_first - rows.start].copy())
+        first.clear(), nfe.clear()
+        with NpzWriter(tmp) as w:
+            w.stream("arr_0", (n, *shape), np.uint8, images())
             if labelled:
-                with npy_member(zf, "arr_1", (n,), np.int64) as put:
-                    put(labels)
+                w.add("arr_1", labels)
     try:
         storage.write_atomic(out, write)
     except storage.WriteError as e:
         if isinstance(e.__cause__, ValueError):  # a bad chunk, not a failed write: say which
             raise e.__cause__ from None
         raise
-    return (np.concatenate(first) if first else np.empty((0, *image_shape), np.uint8)), nfe
+    return np.concatenate(first) if first else np.empty((0, *shape), np.uint8), nfe
 
 
 def remove_parts(parts: Path) -> None:

@@ -9,6 +9,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # training path; the suite runs with them on, and tests/test_device.py turns them off to count reads.
 os.environ.setdefault("RFENGINE_CHECK_VALUES", "1")
 
+import logging
+
 import pytest
 import torch
 
@@ -17,3 +19,15 @@ import torch
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """A command run in-process (`main([...])`) installs rfengine's stderr and log.txt handlers on the root
+    logger; bound to that test's captured stderr, they would write into a closed stream in a later test."""
+    yield
+    root = logging.getLogger()
+    for h in root.handlers[:]:
+        if type(h) is logging.StreamHandler or isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+            h.close()

@@ -120,14 +120,15 @@ def read_stats(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray
 class NpzWriter:
     """An `.npz` that `np.load` reads, written member by member: `add(name, array)` for a small array,
     `stream(name, shape, dtype, chunks)` for a large one whose rows arrive in chunks (memory holds one chunk).
-    Members are stored uncompressed, in ZIP64 form, as `np.savez` writes them. Use as a context manager."""
+    Members are stored uncompressed, in ZIP64 form, as `np.savez` writes them, with a fixed timestamp, so the
+    same arrays make the same bytes. Use as a context manager."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._zip = zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True)
 
     def add(self, name: str, array: np.ndarray) -> None:
-        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+        with self._zip.open(self._member(name), "w", force_zip64=True) as f:
             npformat.write_array(f, np.asanyarray(array), allow_pickle=False)
 
     def stream(self, name: str, shape: tuple, dtype, chunks) -> None:
@@ -135,17 +136,21 @@ class NpzWriter:
         and add up to shape[0]; a missing or extra row is an error naming the member."""
         dtype = np.dtype(dtype)
         rows = 0
-        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+        with self._zip.open(self._member(name), "w", force_zip64=True) as f:
             npformat.write_array_header_1_0(f, {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False,
                                                 "shape": tuple(shape)})
             for chunk in chunks:
                 chunk = np.ascontiguousarray(chunk, dtype=dtype)
                 if chunk.shape[1:] != tuple(shape[1:]):
                     raise ValueError(f"{self.path}: {name} rows are {tuple(shape[1:])}, a chunk has {chunk.shape[1:]}")
-                f.write(chunk.tobytes())
+                f.write(memoryview(chunk).cast("B"))  # no copy of the chunk
                 rows += len(chunk)
         if rows != shape[0]:
             raise ValueError(f"{self.path}: {name} was declared with {shape[0]} rows, {rows} were written")
+
+    @staticmethod
+    def _member(name: str) -> zipfile.ZipInfo:
+        return zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
 
     def close(self) -> None:
         self._zip.close()
