@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU (H100/H200, nothing installed: run with PYTHONPATH=. on the image's torch 2.11,
+# One call on a GPU machine (H100/H200, nothing installed: run with PYTHONPATH=. on the image's torch 2.11,
 # triton 3.6, pytest, pytest-benchmark), in at most 9 minutes, every stage under its own time limit:
 #   0 env      (15 s)  versions; every torch API the engine names exists in this torch
 #   1 kernels  (90 s)  tests/kernels natively on CUDA (fused vs reference, AOT compiles for real targets)
@@ -12,7 +12,7 @@
 #   5 plan     (20 s)  the planner's predicted peak memory for the ladder's runs
 #   6 summary  (10 s)  summary.md: the stages (a stage that ran out of its budget says so), the measurements
 #                      against the goals
-# Files (at most 8, 1 folder deep) go to $OUT when set (the device tool brings back only those), else
+# Files (at most 8, 1 folder deep, so that the folder can be carried back whole) go to $OUT when set, else
 # bench/results/<card>_<time>/. DRY_RUN=1 runs the same stages on CPU at tiny shapes, with no time limits
 # (budgets belong to the GPU run: a slow CPU must not fail the dry run), so tests/test_gpu_all.py can run
 # it and this script cannot rot.

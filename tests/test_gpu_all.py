@@ -1,6 +1,6 @@
 """bench/gpu_all.sh, the one-call GPU verification, cannot rot: its CPU dry run (DRY_RUN=1) runs
-every stage at tiny shapes and writes the files the GPU run writes; its stage budgets fit the
-device tool's 9 minutes; and the torch API check it starts with catches a name torch lacks."""
+every stage at tiny shapes and writes the files the GPU run writes; its stage budgets fit 9 minutes;
+and the torch API check it starts with catches a name torch lacks."""
 import json
 import os
 import re
