@@ -7,7 +7,8 @@ import pytest
 
 from tests.helpers import ROOT
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "results" / "README.md"]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "results" / "README.md",
+        *sorted((ROOT / "results").glob("*/README.md"))]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
