@@ -57,15 +57,17 @@ def on_top(fc: str, baseline: str) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Equal-compute study v3: FC against the strongest cheap baseline.")
     p.add_argument("--out", default="results/digits_v3",
-                   help="the study folder (relative to the working directory; the committed one from the repository's root)")
+                   help="the study folder, relative to the working directory (the committed one: from the "
+                        "repository's root)")
     p.add_argument("--workers", type=int, default=2, help="single-thread runs side by side")
     p.add_argument("--baselines", nargs="+", default=BASELINES, choices=BASELINES)
     p.add_argument("--fc-variants", nargs="+", default=FC_VARIANTS, choices=FC_VARIANTS)
     p.add_argument("--select-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--confirm-seeds", nargs="+", type=int, default=[10, 11, 12, 13, 14])
     p.add_argument("--adopt-from", default="results/digits_v2",
-                   help="a study folder whose pretrained selection-seed models are reused, relative to the working "
-                        "directory (default: v2's committed models, from the repository's root); '' to pretrain them here")
+                   help="a study folder whose pretrained selection-seed models are reused, relative to the "
+                        "working directory (default: v2's committed models, from the repository's root); '' to "
+                        "pretrain them here")
     runs.add_protocol_args(p)
     p.add_argument("--stop-after", choices=["calibration", "baseline", "selection", "finetune"],
                    help="stop after this phase (finetune: before regime (b))")
