@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         fg, bg = res["foreground"], res["background"]
         report = {"kind": kind, "arch": args.arch, "processes": d.world, "torch": torch.__version__,
                   "device": str(d.device), "repeats": args.repeats, **res}
-        print(f"{kind} {args.arch} x{d.world}: {fg['bytes_per_process'] / 2**20:.0f} MB per process; loop pays "
+        print(f"{kind} {args.arch} x{d.world}: {fg['bytes_per_process'] / 2**20:.0f} MiB per process; loop pays "
               f"{fg['loop_s']:.2f} s in the foreground, {bg['loop_s']:.2f} s in the background; serialising "
               f"alone {fg['serialise_s']:.2f} s; on disk after {bg['until_on_disk_s']:.2f} s")
         if args.out:

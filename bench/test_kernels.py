@@ -53,7 +53,7 @@ def test_op(benchmark, op, shape_name, dtype_name, impl, pass_):
     kernel_backend = "triton" if impl == "fused" else "reference"
 
     err = _agreement(op, fwd, fn, leaf, kernel_backend)
-    # fp32: the SPEC's 1e-5 relative bound (with headroom for reduction order); bf16/fp16 outputs:
+    # fp32: docs/objectives.md's 1e-5 relative bound (with headroom for reduction order); bf16/fp16 outputs:
     # rounding of the stored values (tests/kernels holds the strict 2x-of-reference check).
     assert err < (2e-5 if dtype == torch.float32 else 2e-2), f"disagrees with the eager reference: {err:.3g}"
 

@@ -1,7 +1,7 @@
 """pytest-benchmark: the cost of one training step of `fm` and of `reflexflow` on the same model,
 batch and precision, through the trainer's own `train_step` (objective, backward, clipping,
 optimizer, EMA). The ratio of their means, reported next to the FLOP floor by bench/report.py, is
-what SPEC section 3 asks to keep near (1 + 3 + 3)/3 = 2.33x at adr.prob = 1 and (3 + 4p)/3 below.
+what docs/objectives.md section 3 asks to keep near (1 + 3 + 3)/3 = 2.33x at adr.prob = 1 and (3 + 4p)/3 below.
 
 Defaults: SiT-B/2 on 4x32x32 latents (ImageNet-256), batch 64, bf16 on a GPU; DiT-S/4, batch 16,
 fp32 on CPU. Override with RFENGINE_BENCH_ARCH / RFENGINE_BENCH_BATCH.

@@ -1,6 +1,7 @@
-"""bench/gpu_all.sh, the one-call GPU verification, cannot rot: its CPU dry run (DRY_RUN=1) runs
-every stage at tiny shapes and writes the files the GPU run writes; its stage budgets fit the
-device tool's 9 minutes; and the torch API check it starts with catches a name torch lacks."""
+"""bench/gpu_all.sh, the one-call GPU verification, cannot rot: its CPU dry run (DRY_RUN=1) runs every
+stage at tiny shapes, on the fewest cases that reach every part of the summary, and writes the files the
+GPU run writes; its stage budgets fit 9 minutes; and the torch API check it starts with catches a name
+torch lacks."""
 import json
 import os
 import re
@@ -31,9 +32,9 @@ def test_dry_run_writes_every_result_file(tmp_path):
     assert "0 missing" in (out / "env.txt").read_text()
     assert " passed" in (out / "kernel_tests.txt").read_text()
     ladder = json.loads((out / "train_check.json").read_text())["results"]
-    assert [x["variant"] for x in ladder] == ["bf16", "bf16_compile", "bf16_compile_rf", "bf16_compile_rf_p0.5"]
+    assert [x["variant"] for x in ladder] == ["bf16_compile", "bf16_compile_rf"]  # the dry run's two settings
     assert all(x["status"] == "ok" for x in ladder), ladder
-    assert set(json.loads((out / "plan.json").read_text())) == {x["variant"] for x in ladder}
+    assert {x["variant"] for x in ladder} <= set(json.loads((out / "plan.json").read_text()))
     main = json.loads((out / "main_job.json").read_text())  # the main job ran through its switch
     assert main["exit"] == 0 and main["last_step"] == 40 and main["first_fc_step"] == 36 and main["fm_steps"] == 35
     assert main["finite"] and main["exported"]
@@ -43,6 +44,8 @@ def test_dry_run_writes_every_result_file(tmp_path):
         assert part in summary
     stage_rows = summary.split("## Stages")[1].split("\n## ")[0]
     assert "timed out" not in stage_rows and stage_rows.count("| ok |") == 6, stage_rows
+    goals = summary.split("## Goals")[1]  # every goal the dry run's cases can reach was computed from them
+    assert "GB/s (fp32)" in goals and "x (fp32)" in goals and "bf16_compile_rf: " in goals, goals
 
 
 def test_a_stage_that_runs_out_of_its_budget_says_so(tmp_path):

@@ -48,7 +48,7 @@ class DataConfig:
 
 @dataclass
 class ADRConfig:
-    """Anti-Drift Rectification (SPEC section 3, steps 1-5)."""
+    """Anti-Drift Rectification (docs/objectives.md section 3, steps 1-5)."""
     steps: int = _bound(1, ge=1)
     pairing: Literal["grid", "uniform"] = "grid"
     infer_steps: int = _bound(10, ge=1)
@@ -64,9 +64,9 @@ class ADRConfig:
 
 @dataclass
 class FCConfig:
-    """Frequency Compensation (SPEC section 3, steps 6-7)."""
+    """Frequency Compensation (docs/objectives.md section 3, steps 6-7)."""
     # velocity: sg(v(x_t)) - sg(v(xhat)); input: xhat - x_t; self: sg(v(x_t) - u), the training forward's
-    # own error (no rollout, no extra forward: SPEC section 4.2)
+    # own error (no rollout, no extra forward: docs/objectives.md section 4.2)
     bias_space: Literal["velocity", "input", "self"] = "velocity"
     mask: Literal["circle", "box", "gaussian", "none"] = "circle"
     cutoff: float = _bound(0.25, gt=0.0)
@@ -77,7 +77,7 @@ class FCConfig:
 
 @dataclass
 class IPConfig:
-    """Input perturbation baseline (SPEC section 4)."""
+    """Input perturbation baseline (docs/objectives.md section 4)."""
     gamma: float = _bound(0.1, ge=0.0)
 
 
@@ -88,7 +88,7 @@ class ObjectiveConfig:
     time_sampler: Literal["uniform", "logit_normal"] = "uniform"
     logit_mean: float = 0.0
     logit_std: float = _bound(1.0, gt=0.0)
-    # The FM branch's per-sample weight over t (SPEC section 4.1): none, or Min-SNR-gamma for the velocity
+    # The FM branch's per-sample weight over t (docs/objectives.md section 4.1): none, or Min-SNR-gamma for the velocity
     # loss, min(t^2, gamma*(1-t)^2)/c with c its mean under time_sampler.
     weighting: Literal["none", "min_snr"] = "none"
     min_snr_gamma: float = _bound(5.0, gt=0.0)

@@ -1,2 +1,2 @@
-"""Studies on the embedded digits: `python -m rfengine.study` (the equal-compute study v3);
-`python -m rfengine.study.v2` (v2, which made results/digits_v2). v1's docs name the commit that made them."""
+"""Studies on the embedded digits: `python -m rfengine.study` runs the current equal-compute study (v3).
+The retired studies (v1, v2) are named in docs/study.md by the commit and command that made their results."""

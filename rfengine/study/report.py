@@ -1,4 +1,4 @@
-"""The equal-compute study's report: markdown tables (report.md) and the FD-versus-seconds plot."""
+"""What the studies' reports share: run labels, the paired-ratio table and the FD-versus-seconds plot."""
 from __future__ import annotations
 
 import math
@@ -7,11 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rfengine.study import stats
-
-LABELS = {"fm": "FM (continued)", "rf": "ReflexFlow (spec defaults)", "fc_only": "FC only (velocity bias)",
+LABELS = {"fm": "FM (continued)", "rf": "ReflexFlow (defaults)", "fc_only": "FC only (velocity bias)",
           "fc_input": "FC only (input bias)", "direction": "ReflexFlow, adr.loss direction",
-          "prob0.25": "ReflexFlow, adr.prob 0.25", "fm_loss2": "FM, loss doubled (control)",
+          "prob0.25": "ReflexFlow, adr.prob 0.25",
           "fm_ln": "FM, logit-normal t", "fm_snr": "FM, Min-SNR-5", "fm_cos": "FM + cosine loss",
           "fc_self": "FC, own error (self)"}
 
@@ -19,9 +17,6 @@ LABELS = {"fm": "FM (continued)", "rf": "ReflexFlow (spec defaults)", "fc_only":
 def _pct(x: float) -> str:
     return f"{100 * (math.exp(x) - 1):+.1f}%" if math.isfinite(x) else "n/a"
 
-
-def _seconds(x) -> str:
-    return "n/a (resumed)" if x is None else f"{x:.0f}"
 
 
 def _ratio_table(rows: list[dict], steps) -> list[str]:
@@ -36,74 +31,6 @@ def _ratio_table(rows: list[dict], steps) -> list[str]:
     return lines
 
 
-def _regime_section(block: dict, steps, title: str) -> list[str]:
-    """A regime measured against each seed's FM run (`fm_run_summary`): its ratio table and verdicts."""
-    if not block.get("variants"):
-        return []
-    out = ["", f"## {title}", ""]
-    out += _ratio_table([r for b in block["variants"].values() for r in b["rows"]], steps)
-    return out + [""] + [f"- {LABELS.get(v, v)}, seeds {b['seeds']}: at {stats.SELECT_AT} Euler steps {b['verdict']}."
-                         for v, b in block["variants"].items()]
-
-
-def tables(summary: dict) -> str:
-    p, cal, sel = summary["protocol"], summary["calibration"], summary["selection"]
-    steps = p["sample_steps"]
-    out = ["# Equal-compute study (digits, fine-tuning regime)", "",
-           "Made by `python -m rfengine.study`; numbers in summary.json. FD ratio to FM on the same seed "
-           "(same pretrained model, data order and sampling noise), mean over seeds of log(FD/FD_fm) shown as a "
-           "percentage change, with its 95% t-interval in brackets.", "", "## Cost (calibrated, CPU seconds per "
-           f"training step, one thread; {cal['machine']['cpu']})", "",
-           "| variant | s/step | vs FM | fine-tune steps |", "|---|---|---|---|"]
-    for v, c in cal["cpu_seconds_per_step"].items():
-        out.append(f"| {LABELS.get(v, v)} | {c:.4f} | {cal['cost_vs_fm'][v]:.2f}x | {cal['finetune_steps'][v]} |")
-    out += ["", f"Fine-tune budget: {cal['finetune_budget_cpu_seconds']:.0f} CPU seconds per run "
-            f"({p['ft_fm_steps']} FM steps).", "", "## Pretraining (FM until FD@20 stops improving)", "",
-            "| seed | stopped at | FD@20 along the way | why |", "|---|---|---|---|"]
-    for s, pre in summary["pretrain"].items():
-        hist = ", ".join(f"{h['fd20']:.1f}" for h in pre["history"])
-        out.append(f"| {s} | {pre['stopped_at']} | {hist} | {pre['reason']} |")
-    out += ["", f"## Selection seeds {sel['seeds']}: FD change vs FM at equal CPU seconds", ""]
-    out += _ratio_table(sel["rows"], steps)
-    out += ["", f"Chosen: **{LABELS.get(sel['variant'], sel['variant'])}** ({sel['rule']})."]
-    if summary["confirmation"]:
-        h = summary["headline"]
-        out += ["", f"## Confirmation seeds {h['confirm_seeds']} (not seen by the choice)", ""]
-        out += _ratio_table(summary["confirmation"], steps)
-        state = "complete" if h["complete"] else "incomplete: not all confirmation seeds have finished"
-        out += ["", f"**Headline** ({state}): {LABELS.get(h['variant'], h['variant'])} at "
-                f"{h['sample_steps']} Euler steps {h['verdict']}."]
-    sch = summary.get("scheduled") or {}
-    out += _regime_section(sch, steps, f"Regime (b), scheduled: the FM run switched to the variant "
-                           f"{sch.get('tail_fm_steps')} FM steps before its end (the same CPU seconds), against the "
-                           "FM run to its end")
-    out += _regime_section(summary.get("scratch") or {}, steps, "Regime (a), from scratch: the variant trained for "
-                           "the CPU seconds of the whole FM run, against that FM run")
-    for c, b in (summary.get("controls") or {}).items():
-        out += ["", f"## Control: {LABELS.get(c, c)} (`{' '.join(b['variants'])}`), confirmation seeds {b['seeds']}",
-                "", "The control against FM:", ""] + _ratio_table(b["control_vs_fm"], steps)
-        out += ["", "The chosen variant against the control (the control is the baseline here):", ""]
-        out += _ratio_table(b["chosen_vs_control"], steps) + ["", f"- At {stats.SELECT_AT} Euler steps the chosen "
-                                                                   f"variant {b['verdict']}."]
-    out += ["", "## Per run, fine-tuning regime (20 Euler steps)", "",
-            "| variant | seed | steps | FD | vs FM | precision | recall | CPU s (calibrated) | CPU s (measured) |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for r in summary["rows"]:
-        if r["sample_steps"] == stats.SELECT_AT and r.get("regime", "finetune") == "finetune":
-            rel = "-" if r["log_ratio_to_fm"] is None or r["variant"] == "fm" else _pct(r["log_ratio_to_fm"])
-            out.append(f"| {LABELS.get(r['variant'], r['variant'])} | {r['seed']} | {r['steps']} | {r['fd']:.2f} | "
-                       f"{rel} | {r['precision']:.3f} | {r['recall']:.3f} | {r['cpu_seconds']:.0f} | "
-                       f"{_seconds(r['cpu_seconds_measured'])} |")
-    out += ["", "Exposure bias of the fine-tuned models (mean over seeds; paired error `||xhat - x||^2/d` along "
-            "20-step trajectories, energy gap at the last step):", "", "| variant | paired error | energy gap |",
-            "|---|---|---|"]
-    by = defaultdict(list)
-    for key, e in summary["energy"].items():
-        by[key.rsplit("_s", 1)[0]].append(e)
-    for v, es in by.items():
-        out.append(f"| {LABELS.get(v, v)} | {np.mean([e['paired_error_mean'] for e in es]):.4f} | "
-                   f"{np.mean([e['energy_gap_end'] for e in es]):+.4f} |")
-    return "\n".join(out) + "\n"
 
 
 def _panel(ax, summary: dict, seeds=None, label=None, colors=None) -> None:
@@ -155,13 +82,3 @@ def plot(summary: dict, path: Path, title: str = "Fine-tuning a plateaued FM mod
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def write_report(summary: dict, out: Path) -> None:
-    (out / "report.md").write_text(tables(summary))
-    if summary["curves"]:
-        sel, h = summary["selection"], summary.get("headline")
-        panels = [(f"selection seeds {sel['seeds']}: every variant", sel["seeds"])]
-        if h:
-            panels.append((f"confirmation seeds {h['confirm_seeds']} (not seen by the choice)", h["confirm_seeds"]))
-        plot(summary, out / "fd_vs_seconds.png", panels=panels)

@@ -4,8 +4,8 @@ scoring a model. A job writes its result file atomically as its last act, so a k
 at most the job it was in (and the trainer resumes that job's run from its newest checkpoint).
 
 Compute is measured as CPU seconds of the training process (`time.process_time`) with one thread
-per run: on this 2-core machine two single-thread runs side by side give more images per second
-than one two-thread run, and CPU time, unlike wall-clock, stays honest when the other core is busy.
+per run: on a 2-core CPU two single-thread runs side by side gave 1.21x the images per second of one
+two-thread run (docs/study.md), and CPU time, unlike wall-clock, stays honest when the other core is busy.
 On a machine with a GPU the runs train there (the trainer picks the device) and the clock is
 wall-clock seconds after the GPU has finished its queued work, one run at a time (`clock`).
 """
@@ -28,12 +28,12 @@ log = logging.getLogger("rfengine")
 # The training objectives compared (overrides on top of BASE).
 VARIANTS = {
     "fm": ["objective.name=fm"],
-    "rf": ["objective.name=reflexflow"],                                    # SPEC section 3 defaults
+    "rf": ["objective.name=reflexflow"],                                    # docs/objectives.md section 3 defaults
     "fc_only": ["objective.name=reflexflow", "objective.adr.weight=0"],     # velocity-space bias
     "fc_input": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input"],
     "direction": ["objective.name=reflexflow", "objective.adr.loss=direction"],
     "prob0.25": ["objective.name=reflexflow", "objective.adr.prob=0.25"],
-    # study v3 (issue 18): the strong cheap baselines (SPEC section 4.1) ...
+    # study v3: the strong cheap baselines (docs/objectives.md section 4.1) ...
     "fm_ln": ["objective.name=fm", "objective.time_sampler=logit_normal"],
     "fm_snr": ["objective.name=fm", "objective.weighting=min_snr"],
     "fm_cos": ["objective.name=fm", "objective.cosine_weight=1"],
@@ -53,13 +53,6 @@ VARIANTS = {
     "fc_input_heun5": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.bias_space=input",
                        "objective.adr.integrator=heun", "objective.adr.infer_steps=5"],
     "rf_heun3": ["objective.name=reflexflow", "objective.adr.integrator=heun", "objective.adr.infer_steps=3"],
-}
-# Controls, run after the result on the confirmation seeds: FM with its loss doubled, the mean of FC's
-# weight 1 + |delta_lp|/mean|delta_lp| (is FC's gain its reweighting, or only a larger loss under
-# gradient clipping?). Same one forward as FM, so FM's cost and step count.
-CONTROLS = {
-    "fm_loss2": ["objective.name=reflexflow", "objective.adr.weight=0", "objective.fc.alpha=0",
-                 "objective.fc.weight=2"],
 }
 BASE = ["model.arch=DiT-T/2", "model.class_conditional=false", "data.name=digits", "optim.warmup_steps=50",
         "optim.ema_decay=0.99", "train.log_every=50", "train.progress=false", "train.tensorboard=false",
@@ -108,9 +101,9 @@ write_json = storage.write_json
 
 
 def overrides(variant: str) -> list[str]:
-    """The config overrides of a variant: a name of VARIANTS or CONTROLS, or "<fc>@<baseline>", an FC
-    variant on top of a baseline's time sampler and weighting (the FC variant's objective name wins)."""
-    table = {**VARIANTS, **CONTROLS}
+    """The config overrides of a variant: a name of VARIANTS, or "<fc>@<baseline>", an FC variant on top
+    of a baseline's time sampler and weighting (the FC variant's objective name wins)."""
+    table = VARIANTS
     fc, _, base = variant.partition("@")
     unknown = [n for n in (fc, base) if n and n not in table]
     if unknown:
@@ -212,8 +205,6 @@ def pretrain(seed: int, run_dir: Path, rule: dict, lr: float, scorer_args: dict)
     return state
 
 
-
-
 def finetune(variant: str, seed: int, run_dir: Path, init: Path, steps: int, points: int, lr: float,
              scorer_args: dict) -> dict:
     """`variant` from the pretrained weights `init` (step 0, fresh optimizer) for `steps` steps; the
@@ -248,62 +239,14 @@ def score_final(run_dir: Path, head: dict, scorer: "Scorer") -> dict:
     return result
 
 
-
-
-def chosen(out: Path) -> str:
-    """The variant frozen in the study's selection.json (which must exist)."""
-    return json.loads((out / "selection.json").read_text())["variant"]
-
-
-
-
-def scratch(variant: str, seed: int, run_dir: Path, pre: Path, cost: dict, lr: float, scorer_args: dict) -> dict:
-    """Regime (a), from scratch: `variant` from the initial weights and data order of seed `seed`'s
-    FM pretraining run, for that whole run's CPU seconds (its steps x FM's cost per step); the FM run
-    to its end is the baseline. The EMA is scored."""
-    result_path = run_dir / "scores.json"
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
-    end = json.loads((pre / "plateau.json").read_text())["stopped_at"]
-    steps = max(1, round(end * cost["fm"] / cost[variant]))
-    cpu = train(variant, seed, run_dir / "run", steps, max(1, steps // 4), [f"optim.lr={lr}"])
-    result = score_final(run_dir, {"regime": "scratch", "variant": variant, "seed": seed, "steps": steps,
-                                    "fm_steps": end, "cpu_seconds_measured": cpu}, Scorer(**scorer_args))
-    write_json(result_path, result)
-    return result
-
-
 def finetune_results(out: Path, regime: str = "finetune") -> dict:
-    """(variant, seed) -> scores of every finished run of a regime (`finetune`, `scheduled`, `scratch`,
-    `controls`)
-    under the study folder `out`."""
+    """(variant, seed) -> scores of every finished run of a regime under the study folder `out`: a sub-folder
+    name, `finetune` or `scheduled` (v2's committed folders also hold `scratch` and `controls`)."""
     results = {}
     for f in sorted((out / regime).glob("*/scores.json")):
         r = json.loads(f.read_text())
         results[(r["variant"], r["seed"])] = r
     return results
-
-
-def select(out: Path, variants, seeds, sample_steps) -> dict:
-    """Choose the variant on the selection seeds and freeze the choice in selection.json (made once;
-    a later call returns the frozen choice)."""
-    from rfengine.study import stats
-    path = out / "selection.json"
-    if not path.is_file():
-        results = finetune_results(out)
-        missing = [f"{v} s{s}" for s in seeds for v in variants if (v, s) not in results]
-        if missing:
-            raise RuntimeError(f"selection needs every selection fine-tune; missing: {', '.join(missing)}")
-        rows = stats.compare(results, variants, seeds, sample_steps)
-        write_json(path, {**stats.choose(rows), "seeds": list(seeds), "rows": rows})
-    return json.loads(path.read_text())
-
-
-def finetune_chosen(out: Path, seed: int, init: Path, steps: dict, points: int, lr: float, scorer_args: dict) -> dict:
-    """A confirmation fine-tune of the variant frozen in selection.json."""
-    variant = chosen(out)
-    return finetune(variant, seed, out / "finetune" / f"{variant}_s{seed}", init, steps[variant], points, lr,
-                    scorer_args)
 
 
 def score_file(path: Path, scorer_args: dict, out: Path) -> dict:

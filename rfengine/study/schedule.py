@@ -1,7 +1,8 @@
 """Regime (b), scheduled: an FM pretraining run switched to another objective for its last part, and the
 chunk checkpoints it branches from. Run folders are not committed, so on a new machine a seed's chunk
 checkpoints are re-created by training its FM run again (`recreate`). A re-creation on another machine is
-not always bit-identical (session 9: FD@20 at the branch step 0.7% to 4.5% off the recorded history), so
+not always bit-identical (study v3's seeds 10-14: FD@20 at the branch step 0.3% to 4.5% off the recorded
+history, `results/digits_v3/pretrain/s*/recreated.json`), so
 the branch point carries an identity (`identity`: the step, the SHA-256 of its EMA weights, its FD@20),
 every branch records the identity it started from, and a comparison pairs only branches from the same
 checkpoint (`same_start`)."""
@@ -132,8 +133,3 @@ def branch(variant: str, seed: int, run_dir: Path, pre: Path, tail: int, steps: 
     write_json(result_path, result)
     return result
 
-
-def branch_chosen(out: Path, seed: int, pre: Path, tail: int, steps: dict, lr: float, scorer_args: dict) -> dict:
-    """`branch` with the variant frozen in the study's selection.json."""
-    variant = json.loads((out / "selection.json").read_text())["variant"]
-    return branch(variant, seed, out / "scheduled" / f"{variant}_s{seed}", pre, tail, steps[variant], lr, scorer_args)

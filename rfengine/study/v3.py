@@ -1,10 +1,11 @@
-"""The equal-compute study v3 (issue 18): FC against the strongest cheap baseline, and FC at FM's cost.
+"""The equal-compute study v3: FC against the strongest cheap baseline, and FC at FM's cost.
 
     python -m rfengine.study                 # the whole protocol; resumable (run it again to continue)
     python -m rfengine.study --quick         # a smoke run of the same pipeline at tiny sizes
 
-Same machinery and rules as v2 (`rfengine.study.v2`): CPU seconds per step calibrated once, side by side,
-and turned into step counts; paired seeds; the choice frozen before the confirmation seeds exist.
+Same machinery and rules as study v2 (docs/study.md): CPU seconds per step calibrated once, side by side,
+and turned into step counts (`rfengine.study.calibration`); paired seeds; the choice frozen before the
+confirmation seeds exist.
   1. The strongest baseline: FM with uniform t, logit-normal t, Min-SNR-5 and the cosine velocity loss,
      each fine-tuned from the selection seeds' plateaued FM models (v2's committed models, which none of
      these variants has seen) for the same CPU seconds. Lowest mean log FD ratio to FM at 20 Euler
@@ -21,7 +22,9 @@ and turned into step counts; paired seeds; the choice frozen before the confirma
      machine lacks them they are re-created first (confirmation seeds first), to the branch step and checked
      against the FD@20 the pretraining recorded there; the adopted selection seeds, whose histories v2's
      classifier scored, to the end and checked against the committed models.
-Output: results/digits_v3/{summary.json, report.md, fd_vs_seconds.png}.
+Output: <--out>/{summary.json, report.md, fd_vs_seconds.png}. The defaults of `--out` (results/digits_v3)
+and `--adopt-from` (results/digits_v2, v2's committed models) are paths relative to the working directory:
+run from the repository's root, or pass both.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from rfengine.study import runs, schedule, stats
 from rfengine.study.pool import Pool
-from rfengine.study.v2 import calibrate
+from rfengine.study.calibration import calibrate
 
 log = logging.getLogger("rfengine")
 BASELINES = ["fm", "fm_ln", "fm_snr", "fm_cos"]
@@ -53,14 +56,18 @@ def on_top(fc: str, baseline: str) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Equal-compute study v3: FC against the strongest cheap baseline.")
-    p.add_argument("--out", default="results/digits_v3")
+    p.add_argument("--out", default="results/digits_v3",
+                   help="the study folder, relative to the working directory (the committed one: from the "
+                        "repository's root)")
     p.add_argument("--workers", type=int, default=2, help="single-thread runs side by side")
     p.add_argument("--baselines", nargs="+", default=BASELINES, choices=BASELINES)
     p.add_argument("--fc-variants", nargs="+", default=FC_VARIANTS, choices=FC_VARIANTS)
     p.add_argument("--select-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--confirm-seeds", nargs="+", type=int, default=[10, 11, 12, 13, 14])
     p.add_argument("--adopt-from", default="results/digits_v2",
-                   help="a study whose pretrained selection-seed models are reused ('' to pretrain them here)")
+                   help="a study folder whose pretrained selection-seed models are reused, relative to the "
+                        "working directory (default: v2's committed models, from the repository's root); '' to "
+                        "pretrain them here")
     runs.add_protocol_args(p)
     p.add_argument("--stop-after", choices=["calibration", "baseline", "selection", "finetune"],
                    help="stop after this phase (finetune: before regime (b))")

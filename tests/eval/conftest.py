@@ -1,5 +1,10 @@
-"""A stand-in for the FID Inception weights (the published file's format and keys, random values), made once per
-test run: the real file cannot be downloaded here."""
+"""Shared fixtures of the evaluation and study tests: a stand-in for the FID Inception weights (the
+published file's format and keys, random values; the real file cannot be downloaded here), and the studies'
+quick pipelines, each run once per test session and shared by every test that reads it (a quick study takes a
+minute or more on 2 cores). A test that would change a study folder copies it first (`copy_study`)."""
+import shutil
+from pathlib import Path
+
 import pytest
 
 from rfengine import storage
@@ -11,3 +16,24 @@ def standin_weights(tmp_path_factory):
     """(path, sha256) of a random-weights file in the published format."""
     path = inception.save_random_weights(tmp_path_factory.mktemp("inception") / "standin-inception.pth")
     return path, storage.sha256_file(path)
+
+
+def run_quick(tmp_path_factory, name: str, main) -> Path:
+    """`main(["--quick", ...])` of a study into a fresh folder, one worker; returns the folder."""
+    out = tmp_path_factory.mktemp(name) / "study"
+    assert main(["--quick", "--out", str(out), "--workers", "1"]) == 0
+    return out
+
+
+def copy_study(src: Path, tmp_path: Path) -> Path:
+    """A private copy of a shared study folder, for a test that resumes or changes it."""
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def study_v3_quick(tmp_path_factory) -> Path:
+    """Study v3's quick pipeline (`python -m rfengine.study --quick`), finished: read it, do not change it."""
+    from rfengine.study import v3
+    return run_quick(tmp_path_factory, "study_v3", v3.main)

@@ -1,64 +1,16 @@
-"""The equal-compute study (python -m rfengine.study): the whole protocol at tiny sizes (calibration,
-FM pretrained to its plateau rule, fine-tunes at equal calibrated seconds, selection frozen before
-the confirmation seeds, the headline and its report), its resume, its frozen protocol, and the
-paired statistics."""
+"""The studies' shared machinery: the paired statistics, the calibration's device check and clock, the
+pretraining's restart rule, and the sampler table (`rfengine.study.samplers`). Study v3's pipeline end to
+end: tests/eval/test_study_v3.py."""
+import argparse
 import json
 import math
 import time
 
 import pytest
 
-from rfengine.study import v2 as study
-from rfengine.study import runs, stats
+from rfengine.study import calibration, runs, stats
 
 
-def test_quick_protocol_end_to_end_and_resume(tmp_path):
-    out = tmp_path / "v2"
-    assert study.main(["--quick", "--out", str(out), "--workers", "1"]) == 0
-    s = json.loads((out / "summary.json").read_text())
-    cal = s["calibration"]
-    assert cal["finetune_steps"]["fm"] == 8 and set(cal["cpu_seconds_per_step"]) == {"fm", "fc_input"}
-    # equal compute by construction: steps x calibrated seconds per step agree to one step's worth
-    budget = cal["finetune_budget_cpu_seconds"]
-    for v, steps in cal["finetune_steps"].items():
-        assert abs(steps * cal["cpu_seconds_per_step"][v] - budget) <= 2 * cal["cpu_seconds_per_step"][v]
-    assert s["selection"]["seeds"] == [0, 1] and s["selection"]["variant"] == "fc_input"
-    h = s["headline"]
-    assert h["regime"] == "finetune" and h["confirm_seeds"] == [2] and len(h["ci95"]) == 2 and h["complete"]
-    rows = [r for r in s["rows"] if r["variant"] == "fc_input" and r["regime"] == "finetune"]
-    assert {r["sample_steps"] for r in rows} == {2, 20} and all(r["log_ratio_to_fm"] is not None for r in rows)
-    assert {r["phase"] for r in rows} == {"selection", "confirmation"}
-    for p in s["pretrain"].values():
-        assert p["stopped_at"] and p["reason"] and p["history"] and p["cpu_seconds"] > 0
-    assert all(r["cpu_seconds_measured"] > 0 for r in s["rows"] if r["regime"] == "finetune")  # measured
-    assert (out / "pretrain" / "s0" / "pretrained.safetensors").is_file()
-    assert (out / "fd_vs_seconds.png").is_file() and "Headline" in (out / "report.md").read_text()
-    # regime (b): the FM run of every seed switched to the chosen variant 4 FM steps before its end
-    sch = s["scheduled"]["variants"]["fc_input"]
-    assert sch["seeds"] == [0, 1, 2] and sch["verdict"]
-    b_rows = [r for r in s["rows"] if r["regime"] == "scheduled"]
-    assert {r["variant"] for r in b_rows} == {"fm", "fc_input"}
-    for r in b_rows:
-        assert r["branch_step"] == s["pretrain"][str(r["seed"])]["stopped_at"] - 4
-    fc = next(r for r in b_rows if r["variant"] == "fc_input")
-    assert fc["steps"] == round(4 * cal["cpu_seconds_per_step"]["fm"] / cal["cpu_seconds_per_step"]["fc_input"])
-    assert "Regime (b)" in (out / "report.md").read_text()
-    # regime (a): fc_input from scratch on seed 2 for the seconds of its whole FM run
-    a = s["scratch"]["variants"]["fc_input"]
-    assert a["seeds"] == [2]
-    a_fc = next(r for r in s["rows"] if r["regime"] == "scratch" and r["variant"] == "fc_input")
-    a_fm = next(r for r in s["rows"] if r["regime"] == "scratch" and r["variant"] == "fm")
-    assert a_fm["steps"] == s["pretrain"]["2"]["stopped_at"]
-    assert abs(a_fc["cpu_seconds"] - a_fm["cpu_seconds"]) <= cal["cpu_seconds_per_step"]["fc_input"]
-    assert "Regime (a)" in (out / "report.md").read_text()
-    text = study.status(study.parse_args(["--quick", "--out", str(out)]))
-    assert "selection seeds complete: [0, 1]" in text and "fc_input @20" in text
-    assert (out / "fd_vs_seconds_partial.png").is_file()
-    before = (out / "selection.json").read_text()
-    assert study.main(["--quick", "--out", str(out), "--workers", "1"]) == 0  # resumes: nothing retrained
-    assert (out / "selection.json").read_text() == before
-    with pytest.raises(SystemExit, match="started with other settings"):
-        study.main(["--quick", "--out", str(out), "--lr", "0.5"])
 
 
 def test_paired_statistics():
@@ -75,42 +27,17 @@ def test_paired_statistics():
     assert stats.verdict(0.2, 0.1, 0.3).startswith("loses to FM")
 
 
-def test_confirmation_waits_for_the_frozen_choice(tmp_path):
-    """Confirmation fine-tunes depend on the `select` job; their FM pretraining does not (it involves
-    no variant), and `select` refuses to choose before every selection fine-tune is scored."""
-    args = study.parse_args(["--quick", "--out", str(tmp_path)])
-    cal = {"finetune_steps": {"fm": 8, "fc_input": 8}}
-    sel = study.seed_jobs(args, tmp_path, 0, cal)
-    assert {j for j in sel if j != "pretrain s0" and j != "start s0"} == {"fm s0", "fc_input s0"}
-    assert all("select" not in deps for _, deps, _, _ in sel.values())
-    conf = study.seed_jobs(args, tmp_path, 2, cal, confirm=True)
-    assert set(conf) == {"pretrain s2", "start s2", "fm s2", "chosen s2"}
-    assert conf["pretrain s2"][1] == [] and all("select" in conf[j][1] for j in ("fm s2", "chosen s2"))
-    with pytest.raises(RuntimeError, match="missing: fm s0, fc_input s0"):
-        runs.select(tmp_path, ["fm", "fc_input"], [0], [20])
-    assert not (tmp_path / "selection.json").exists()
 
 
-def test_keys_added_later_extend_a_frozen_protocol(tmp_path):
-    """A study started before regime (b) existed continues: its protocol gains the new keys, while
-    any changed old key is still refused."""
-    args = study.parse_args(["--out", str(tmp_path)])
-    old = {k: getattr(args, k) for k in study.PROTOCOL_KEYS}
-    (tmp_path / "protocol.json").write_text(json.dumps(old))
-    study._protocol(args, tmp_path)
-    now = json.loads((tmp_path / "protocol.json").read_text())
-    assert now["tail_fm_steps"] == 2000 and {k: now[k] for k in old} == old
-    with pytest.raises(SystemExit, match="tail_fm_steps"):
-        study._protocol(study.parse_args(["--out", str(tmp_path), "--tail-fm-steps", "1000"]), tmp_path)
 
 
 def test_seconds_from_another_device_are_refused(tmp_path):
     """A study calibrated on one device does not continue on another (CPU seconds and GPU wall-clock
     seconds are not comparable); the clock is this machine's."""
-    args = study.parse_args(["--quick", "--out", str(tmp_path)])
+    args = argparse.Namespace(quick=True, variants=["fm"], lr=1e-3, ft_fm_steps=8, points=2)
     (tmp_path / "calibration.json").write_text(json.dumps({"machine": {"device": "NVIDIA H100 80GB HBM3"}}))
     with pytest.raises(SystemExit, match="calibrated on NVIDIA H100 80GB HBM3, this machine trains on cpu"):
-        study.calibrate(args, tmp_path, pool=None)
+        calibration.calibrate(args, tmp_path, pool=None)
     assert runs.cpu_info()["clock"] == "CPU seconds of the process"
     t0 = runs.clock()
     time.sleep(0.3)  # waiting is not compute
@@ -142,27 +69,6 @@ def test_a_pretraining_history_without_its_checkpoint_starts_over(tmp_path, monk
     assert seen == [(4, 0)]  # from scratch: the first chunk, not the second
 
 
-def test_controls_run_last_at_fm_cost_and_are_compared_with_the_choice(tmp_path):
-    """A control (FM with its loss doubled) is fine-tuned on each confirmation seed after the choice,
-    with FM's step count; the summary gives its ratio to FM and the chosen variant's ratio to it."""
-    args = study.parse_args(["--out", str(tmp_path), "--confirm-seeds", "5", "6"])
-    jobs = study.control_jobs(args, tmp_path, {"finetune_steps": {"fm": 1000, "fc_input": 702}})
-    assert set(jobs) == {"control fm_loss2 s5", "control fm_loss2 s6"}
-    prio, deps, fn, fargs = jobs["control fm_loss2 s5"]
-    assert fn is runs.finetune and "select" in deps and fargs[0] == "fm_loss2" and fargs[4] == 1000
-    assert prio > max(p for p, *_ in study.scratch_jobs(args, tmp_path, {"cpu_seconds_per_step": {}}).values())
-    fd = {("fm", 5): 10.0, ("fm", 6): 20.0, ("fc_input", 5): 6.0, ("fc_input", 6): 12.0}
-    results = {k: {"by_steps": {"20": {"fd": v}}} for k, v in fd.items()}
-    for s, v in ((5, 8.0), (6, 16.0)):
-        (tmp_path / "controls" / f"fm_loss2_s{s}").mkdir(parents=True)
-        runs.write_json(tmp_path / "controls" / f"fm_loss2_s{s}" / "scores.json",
-                        {"variant": "fm_loss2", "seed": s, "by_steps": {"20": {"fd": v}}})
-    block = study.control_summary(study.parse_args(["--out", str(tmp_path), "--confirm-seeds", "5", "6",
-                                                    "--sample-steps", "20"]), tmp_path, results, "fc_input")
-    c = block["fm_loss2"]
-    assert c["seeds"] == [5, 6] and c["control_vs_fm"][0]["per_seed"] == pytest.approx([math.log(0.8)] * 2)
-    assert c["chosen_vs_control"][0]["per_seed"] == pytest.approx([math.log(0.75)] * 2)
-    assert c["verdict"].startswith("beats fm_loss2")
 
 
 def test_sampler_table_refits_missing_models_and_pairs_them_per_sampler(tmp_path):

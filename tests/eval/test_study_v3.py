@@ -1,7 +1,8 @@
-"""Study v3 (python -m rfengine.study) end to end at tiny sizes: every variant's step cost calibrated,
-the strongest baseline chosen and frozen on the selection seeds before any FC variant is fine-tuned on
-top of it, the FC choice frozen before the confirmation seeds are pretrained, the headline (variant vs
-baseline) and baseline_vs_fm with measured step costs and FLOP floors, regime (b) for both, and resume."""
+"""Study v3 (python -m rfengine.study) end to end at tiny sizes, read from one shared quick run
+(tests/eval/conftest.py): every variant's step cost calibrated, the strongest baseline chosen and frozen on
+the selection seeds before any FC variant is fine-tuned on top of it, the FC choice frozen before the
+confirmation seeds are pretrained, the headline (variant vs baseline) and baseline_vs_fm with measured step
+costs and FLOP floors, regime (b) for both, and resume."""
 import json
 
 import numpy as np
@@ -10,17 +11,26 @@ import torch
 
 from rfengine.eval import DigitsFeatures
 from rfengine.study import runs, schedule, v3
+from tests.eval.conftest import copy_study
 
 
-def test_v3_quick_end_to_end_choices_frozen_in_order_and_resume(tmp_path):
-    out = tmp_path / "v3"
-    assert v3.main(["--quick", "--out", str(out), "--workers", "1"]) == 0
+def test_v3_quick_calibrates_every_run_and_pins_the_classifier(study_v3_quick):
+    out = study_v3_quick
     s = json.loads((out / "summary.json").read_text())
     x = torch.rand(3, 1, 16, 16) * 2 - 1  # the study pinned the package's classifier at its start
     np.testing.assert_array_equal(DigitsFeatures(out / v3.CLASSIFIER)(x), DigitsFeatures()(x))
     cal = s["calibration"]
     assert set(cal["cpu_seconds_per_step"]) == {"fm", "fm_ln", "fc_input", "fc_self", "fc_input@fm_ln",
                                                 "fc_self@fm_ln"}
+    # equal compute by construction: steps x calibrated seconds per step agree to one step's worth
+    budget = cal["finetune_budget_cpu_seconds"]
+    for v, steps in cal["finetune_steps"].items():
+        assert abs(steps * cal["cpu_seconds_per_step"][v] - budget) <= 2 * cal["cpu_seconds_per_step"][v], v
+
+
+def test_v3_quick_freezes_its_choices_in_order(study_v3_quick):
+    out = study_v3_quick
+    s = json.loads((out / "summary.json").read_text())
     base, sel = s["baseline_choice"], s["selection"]
     assert base["seeds"] == [0, 1] and base["baseline"] in ("fm", "fm_ln")
     assert sel["baseline"] == base["baseline"] and sel["seeds"] == [0, 1]
@@ -31,7 +41,11 @@ def test_v3_quick_end_to_end_choices_frozen_in_order_and_resume(tmp_path):
     fc_runs = [out / "finetune" / f"{v}_s{s_}" / "scores.json" for v in names for s_ in (0, 1)]
     assert all(t["baseline.json"] <= f.stat().st_mtime for f in fc_runs)
     assert t["selection.json"] <= (out / "pretrain" / "s2" / "plateau.json").stat().st_mtime
-    h = s["headline"]
+
+
+def test_v3_quick_headline_and_step_costs(study_v3_quick):
+    s = json.loads((study_v3_quick / "summary.json").read_text())
+    cal, sel, h = s["calibration"], s["selection"], s["headline"]
     for key in ("baseline", "variant", "regime", "sample_steps", "mean_log_ratio", "ci95", "confirm_seeds",
                 "per_seed", "step_cost"):
         assert key in h, key
@@ -45,7 +59,15 @@ def test_v3_quick_end_to_end_choices_frozen_in_order_and_resume(tmp_path):
     fc_in = v3.on_top("fc_input", sel["baseline"])
     assert costs[fc_in]["flop_floor_vs_fm"] == pytest.approx(4 / 3)  # one no-grad rollout forward
     assert costs[v3.on_top("fc_self", sel["baseline"])]["flop_floor_vs_fm"] == 1.0
-    b = s["scheduled"]
+    report = (study_v3_quick / "report.md").read_text()
+    assert "Step 1, the strongest baseline" in report and "**Headline**" in report
+    assert (study_v3_quick / "fd_vs_seconds.png").is_file()
+
+
+def test_v3_quick_regime_b_pairs_branches_from_one_checkpoint(study_v3_quick):
+    out = study_v3_quick
+    s = json.loads((out / "summary.json").read_text())
+    sel, b = s["selection"], s["scheduled"]
     assert b["variant_vs_baseline"]["confirm_seeds"] == [0, 1, 2]
     assert b["variant_vs_baseline"]["excluded"] == []
     if sel["baseline"] != "fm":  # the baseline's tail against uniform-t FM's tail from the same checkpoint
@@ -58,12 +80,15 @@ def test_v3_quick_end_to_end_choices_frozen_in_order_and_resume(tmp_path):
         for v in {sel["baseline"], sel["variant"], "fm"}:
             got = json.loads((out / "scheduled" / f"{v}_s{seed}" / "scores.json").read_text())["branch_from"]
             assert got == rec[str(seed)]["branch_from"] and len(got["sha256"]) == 64
-    report = (out / "report.md").read_text()
-    assert "Step 1, the strongest baseline" in report and "**Headline**" in report and "Regime (b)" in report
-    assert (out / "fd_vs_seconds.png").is_file()
-    before = [(out / p).read_text() for p in ("baseline.json", "selection.json")]
+    assert "Regime (b)" in (out / "report.md").read_text()
+
+
+def test_v3_quick_resumes_without_retraining_and_keeps_its_protocol(study_v3_quick, tmp_path):
+    out = copy_study(study_v3_quick, tmp_path)
+    scores = sorted(out.glob("**/scores.json"))
+    before = {p: p.read_bytes() for p in [out / "baseline.json", out / "selection.json", *scores]}
     assert v3.main(["--quick", "--out", str(out), "--workers", "1"]) == 0  # resumes: nothing retrained
-    assert [(out / p).read_text() for p in ("baseline.json", "selection.json")] == before
+    assert {p: p.read_bytes() for p in before} == before and sorted(out.glob("**/scores.json")) == scores
     with pytest.raises(SystemExit, match="started with other settings"):
         v3.main(["--quick", "--out", str(out), "--lr", "0.5"])
 

@@ -17,7 +17,7 @@ def test_interpolant_endpoints_and_velocity():
 
 
 def test_straight_line_identity():
-    """(x1 - x_t)/(1 - t) equals u on the true path (SPEC section 1)."""
+    """(x1 - x_t)/(1 - t) equals u on the true path (docs/objectives.md section 1)."""
     x0, x1, t = torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.rand(3, dtype=torch.float64) * 0.9
     xt = interpolate(x0, x1, t)
     torch.testing.assert_close((x1 - xt) / (1 - t).view(-1, 1, 1, 1), velocity(x0, x1))

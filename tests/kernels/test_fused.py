@@ -3,7 +3,7 @@ every call, fp32 / bf16 / fp16, odd and non-square shapes, every gradient, bad i
 On CPU the kernels run through the Triton interpreter (TRITON_INTERPRET=1, set in conftest);
 on CUDA, when present, natively.
 
-Tolerances (SPEC section 5): fp32 relative error under 1e-5; low precision within 2x the error the
+Tolerances (docs/objectives.md section 5): fp32 relative error under 1e-5; low precision within 2x the error the
 reference itself makes in that precision against a float64 evaluation of the same inputs, plus a
 small atol."""
 import os

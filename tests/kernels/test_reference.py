@@ -1,4 +1,4 @@
-"""The reference ops against an independent float64 numpy reading of SPEC sections 3 and 5, plus
+"""The reference ops against an independent float64 numpy reading of docs/objectives.md sections 3 and 5, plus
 the properties that pin the math, gradients and input errors."""
 import numpy as np
 import pytest

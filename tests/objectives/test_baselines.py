@@ -1,4 +1,4 @@
-"""The strong cheap baselines (SPEC section 4.1) and FC's variants (section 4.2), each against a hand
+"""The strong cheap baselines (docs/objectives.md section 4.1) and FC's variants (section 4.2), each against a hand
 computation: logit-normal times, Min-SNR-gamma for the velocity loss, the cosine velocity loss, FC on
 the training forward's own error (`self`), the all-pass mask (`none`), and the rows a partial rollout
 leaves alone (their FC weight is exactly 1, even when the kernel rounds x_t differently)."""

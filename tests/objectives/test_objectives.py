@@ -53,7 +53,7 @@ def test_reflexflow_with_both_parts_off_is_exactly_fm(model, batch):
 
 
 def test_fc_weight_scales_the_fm_loss_when_both_parts_are_off(model, batch):
-    """SPEC section 3 step 8: L = fc.weight * L_FC, and L_FC = L_FM at fc.alpha = 0 (the study's
+    """docs/objectives.md section 3 step 8: L = fc.weight * L_FC, and L_FC = L_FM at fc.alpha = 0 (the study's
     doubled-loss control)."""
     x1, y = batch
     fm, _ = run(build_objective(obj_cfg(name="fm")), model, x1, y)
@@ -220,8 +220,8 @@ def test_every_objective_gives_finite_loss_and_grads(model, batch, variant):
 @pytest.mark.parametrize("concat, adr_weight", [(True, 1.0), (False, 1.0), (True, 0.0)])
 def test_partial_rollout_forwards_only_rolled_samples_with_the_same_math(model, batch, concat, adr_weight):
     """adr.prob < 1: only the rolled samples' drifted states go through the model; for the others
-    xhat = x_t, so v_hat = v_clean. Loss and gradients equal the full-batch computation of SPEC
-    steps 4-8 (both branches over all B samples), which costs more model rows."""
+    xhat = x_t, so v_hat = v_clean. Loss and gradients equal the full-batch computation of
+    docs/objectives.md section 3 steps 4-8 (both branches over all B samples), which costs more model rows."""
     x1, y = batch
     cfg = obj_cfg(name="reflexflow", concat_branches=concat, adr={"prob": 0.5, "weight": adr_weight})
     obj = build_objective(cfg)

@@ -1,4 +1,4 @@
-"""Scheduled objectives (SPEC section 6.2): exactly `fm` before `objective.start`, exactly the
+"""Scheduled objectives (docs/objectives.md section 6.2): exactly `fm` before `objective.start`, exactly the
 configured objective after it, an `adr.prob` ramp that depends on the step only, and config rules."""
 import pytest
 import torch
