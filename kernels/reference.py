@@ -1,4 +1,4 @@
-"""Reference implementations of rfengine's custom ops (SPEC section 5): the definitions that every
+"""Reference implementations of rfengine's custom ops (docs/objectives.md section 5): the definitions that every
 fused kernel is held to. Plain PyTorch, written for obviousness rather than speed; everything is
 accumulated in fp32 (fp64 stays fp64) whatever the input dtype.
 
@@ -76,7 +76,7 @@ def fc_mask(height: int, width: int, mask: str = "circle", cutoff: float = 0.25,
             device=None, dtype=torch.float32) -> torch.Tensor:
     """The low-pass mask (H, W) on the unshifted 2-D frequency grid of `torch.fft.fftfreq`
     (cycles/sample). circle: radius <= cutoff/2; box: |fy|, |fx| <= cutoff/2; gaussian: sigma = cutoff/2;
-    none: all-pass (every entry 1; the ablation of the low-pass, SPEC section 4.2)."""
+    none: all-pass (every entry 1; the ablation of the low-pass, docs/objectives.md section 4.2)."""
     check_choice("mask", mask, MASKS)
     check_positive("cutoff", cutoff)
     fy = torch.fft.fftfreq(height, device=device, dtype=torch.float64)[:, None]
@@ -120,7 +120,7 @@ def fc_weight(delta, *, mask="circle", cutoff=0.25, alpha=1.0, t=None, t_max=1.0
 
 def fc_weighted_mse(pred, target, delta, *, mask="circle", cutoff=0.25, alpha=1.0, t=None, t_max=1.0,
                     reduction="mean"):
-    """L_FC = mean(w * (pred - target)^2) with the FC weight of `delta` (SPEC section 3, steps 6-7).
+    """L_FC = mean(w * (pred - target)^2) with the FC weight of `delta` (docs/objectives.md section 3, steps 6-7).
 
     pred, target, delta: (B, C, H, W) floating. Differentiable in `pred` only. Returns a scalar
     (`mean`) or per-sample means over C, H, W (`none`, shape (B,)), in the accumulation dtype.
@@ -141,7 +141,7 @@ def fc_weighted_mse(pred, target, delta, *, mask="circle", cutoff=0.25, alpha=1.
 
 def adr_loss(v_hat, uhat, t, *, kind="x1", reduction="mean"):
     """The ADR loss of the prediction `v_hat` from the drifted state against the rectified target
-    `uhat` (SPEC section 3, step 5). v_hat, uhat: (B, C, H, W); t: (B,) in [0, 1].
+    `uhat` (docs/objectives.md section 3, step 5). v_hat, uhat: (B, C, H, W); t: (B,) in [0, 1].
       x1:        mean_{CHW} w_t^2 (v_hat - uhat)^2, w_t = max(1 - t, EPS_T)
       mse:       mean_{CHW} (v_hat - uhat)^2
       direction: || v_hat/max(||v_hat||, EPS_NORM) - uhat/max(||uhat||, EPS_NORM) ||^2 (norms per sample)

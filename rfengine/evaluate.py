@@ -7,7 +7,7 @@
     python -m rfengine.evaluate fd --ref digits runs/x/eval/samples_ema_euler50_cfg1_n1000_seed0.npz
     # a reference file in ADM's format from your own image folder (statistics over all of it, 10,000 as arr_0)
     python -m rfengine.evaluate ref /data/imagenet/train --size 256 --out imagenet256_ref.npz
-    # exposure-bias diagnostics of a run (SPEC section 2): curves and spectra as JSON and PNG
+    # exposure-bias diagnostics of a run (docs/objectives.md section 2): curves and spectra as JSON and PNG
     python -m rfengine.evaluate bias --run-dir runs/tiny --steps 20
 
 Every score is written as JSON next to the samples with the sampler settings read from the sample

@@ -1,4 +1,4 @@
-"""Fused Triton implementations of the ops of kernels/reference.py (SPEC section 5).
+"""Fused Triton implementations of the ops of kernels/reference.py (docs/objectives.md section 5).
 
 Each module holds the Triton kernels of one op and plain launch functions (`*_fwd`, `*_bwd`) that
 take contiguous tensors already checked by the caller. Autograd and the torch.library registration

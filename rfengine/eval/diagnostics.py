@@ -1,4 +1,4 @@
-"""Exposure-bias diagnostics at inference (SPEC section 2).
+"""Exposure-bias diagnostics at inference (docs/objectives.md section 2).
 
 Trajectories start on a short true trajectory: noise x0 paired with a data sample x1, the true state
 x_{t_1} = t_1*x1 + (1 - t_1)*x0 at the first grid time, then the Euler sampler runs the model from

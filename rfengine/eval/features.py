@@ -1,7 +1,7 @@
 """Feature extractors for Fréchet distances.
 
 - `digits`: a small CNN classifier of the embedded digits (16x16); its 64-d penultimate layer is the
-  feature space (the SPEC section 6 study's "FD in the feature space of a small digit classifier").
+  feature space (the docs/objectives.md section 6 study's "FD in the feature space of a small digit classifier").
   Its weights ship with the package (`digits_classifier.safetensors`, study v3's pinned classifier),
   so a digits FD means the same on every machine: training it again is not bit-reproducible across
   machines (one machine's retrained classifier scored the same model 20.2 where another's gave 25.6).

@@ -1,4 +1,4 @@
-"""The linear (SiT "Linear") probability path: t = 0 is noise, t = 1 is data (SPEC section 1)."""
+"""The linear (SiT "Linear") probability path: t = 0 is noise, t = 1 is data (docs/objectives.md section 1)."""
 from __future__ import annotations
 
 import torch

@@ -30,7 +30,7 @@ class Objective:
     def __init__(self, cfg, metrics_every: int = 1, total_steps: int = 0):
         self.cfg = cfg
         self.metrics_every, self.total_steps = metrics_every, total_steps  # the run's train.log_every, train.steps
-        self.fm_term = FMTerm(cfg)  # the FM branch's loss: time weighting and cosine term (SPEC section 4.1)
+        self.fm_term = FMTerm(cfg)  # the FM branch's loss: time weighting and cosine term (docs/objectives.md section 4.1)
 
     def extra_metrics_at(self, step: int) -> bool:
         """Whether the step at 0-based index `step` also computes the metrics that cost extra device work:

@@ -9,7 +9,7 @@ from rfengine.objectives.base import Objective
 
 
 class InputPerturbation(Objective):
-    """SPEC section 4, `ip`."""
+    """docs/objectives.md section 4, `ip`."""
 
     name = "ip"
 

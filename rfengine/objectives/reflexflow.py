@@ -1,4 +1,4 @@
-"""ReflexFlow (SPEC section 3): flow matching plus Anti-Drift Rectification (ADR) and Frequency
+"""ReflexFlow (docs/objectives.md section 3): flow matching plus Anti-Drift Rectification (ADR) and Frequency
 Compensation (FC).
 
 Per batch: FM times t from the FM branch's own distribution; a K-step rollout of the current model
@@ -25,7 +25,7 @@ from rfengine.objectives.rollout import no_grad_mode, rollout, rollout_metrics, 
 
 
 class ReflexFlow(Objective):
-    """SPEC section 3, with every ablation switch of `objective.adr` and `objective.fc`."""
+    """docs/objectives.md section 3, with every ablation switch of `objective.adr` and `objective.fc`."""
 
     name = "reflexflow"
 

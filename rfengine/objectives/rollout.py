@@ -1,4 +1,4 @@
-"""The ADR rollout shared by ReflexFlow and scheduled sampling (SPEC section 3, steps 1-3, and 4.3).
+"""The ADR rollout shared by ReflexFlow and scheduled sampling (docs/objectives.md section 3, steps 1-3, and 4.3).
 
 For FM times t, pick earlier start times s, take K steps of the current model from the true state x_s
 to reach the model's own state xhat at t, and fuse the last step's update with the rectified target

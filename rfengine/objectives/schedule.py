@@ -1,4 +1,4 @@
-"""Objectives switched on late (SPEC section 6.2): plain FM before `objective.start`, then the
+"""Objectives switched on late (docs/objectives.md section 6.2): plain FM before `objective.start`, then the
 configured objective, with `adr.prob` optionally ramped linearly from 0 over `objective.ramp` steps.
 
 The schedule is a function of the step only, so a run resumed on either side of the switch draws

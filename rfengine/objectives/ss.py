@@ -8,7 +8,7 @@ from rfengine.objectives.rollout import rollout, rollout_metrics
 
 
 class ScheduledSampling(Objective):
-    """SPEC section 4, `ss`."""
+    """docs/objectives.md section 4, `ss`."""
 
     name = "ss"
 

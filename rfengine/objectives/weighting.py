@@ -1,4 +1,4 @@
-"""The FM branch's loss as current recipes shape it (SPEC section 4.1): a per-sample weight over t
+"""The FM branch's loss as current recipes shape it (docs/objectives.md section 4.1): a per-sample weight over t
 (Min-SNR-gamma written for the velocity loss on the linear path) and LightningDiT's cosine velocity
 term. Every objective's FM-branch term goes through `FMTerm`, so each baseline composes with each
 objective; with both off the term is the plain MSE of `F.mse_loss`, bit for bit.

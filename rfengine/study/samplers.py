@@ -1,8 +1,8 @@
-"""Does a study's gain hold under other samplers (issue 21)? Scores the confirmation seeds' final models
+"""Does a study's gain hold under other samplers? Scores the confirmation seeds' final models
 of two variants (a recipe and its baseline) under Euler, Heun, adaptive dopri5 and SiT's SDE sampler,
 and reports the paired FD change per sampler with its 95% interval:
 
-    python -m rfengine.study.samplers --study results/digits_v2 --seeds 5 6 7 8 9 --variants fm fc_input
+    python -m rfengine.study.samplers --study results/digits_v3 --seeds 10 11 12 13 14 --variants fm_ln fc_input@fm_ln
 
 A model the study's run folder no longer holds (run folders are not committed) is fine-tuned again from
 the seed's committed pretrained model with the study's own settings (`runs.train`, deterministic). Every
@@ -114,9 +114,9 @@ def table(summary: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="A study's gain under other samplers (Euler, Heun, dopri5, SDE).")
-    p.add_argument("--study", default="results/digits_v2")
-    p.add_argument("--seeds", nargs="+", type=int, default=[5, 6, 7, 8, 9])
-    p.add_argument("--variants", nargs=2, default=["fm", "fc_input"], metavar=("BASELINE", "VARIANT"))
+    p.add_argument("--study", default="results/digits_v3", help="the study folder (relative to the working directory)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[10, 11, 12, 13, 14])
+    p.add_argument("--variants", nargs=2, default=["fm_ln", "fc_input@fm_ln"], metavar=("BASELINE", "VARIANT"))
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--out", help="default: <study>/samplers")

@@ -31,19 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 
-from rfengine.study import runs, schedule, stats
-from rfengine.study.pool import Pool
-from rfengine.study.calibration import calibrate
+from rfengine.study import driver, runs, schedule, stats
+from rfengine.study.driver import CLASSIFIER, flop_floors
 
 log = logging.getLogger("rfengine")
 BASELINES = ["fm", "fm_ln", "fm_snr", "fm_cos"]
 FC_VARIANTS = ["fc_input", "fc_input_p0.5", "fc_input_p0.25", "fc_self", "fc_self_nomask"]
-CLASSIFIER = "digits_classifier.pt"  # the study's pinned feature extractor (`pin_classifier`)
 PROTOCOL_KEYS = ["baselines", "fc_variants", "select_seeds", "confirm_seeds", "adopt_from", "lr", "ft_fm_steps",
                  "points", "chunk", "min_steps", "max_steps", "patience", "tol", "plateau_samples", "samples",
                  "sample_steps", "tail_fm_steps"]
@@ -90,45 +87,7 @@ def parse_args(argv=None):
     return a
 
 
-def _protocol(args, out: Path) -> None:
-    """Frozen at the first start: continuing with other settings is refused."""
-    path = out / "protocol.json"
-    want = {k: getattr(args, k) for k in PROTOCOL_KEYS}
-    if path.is_file():
-        have = json.loads(path.read_text())
-        diff = [k for k in want if have.get(k) != want[k]]
-        if diff:
-            raise SystemExit(f"rfengine: error: {out} was started with other settings ({', '.join(diff)}); "
-                             "use another --out or the same settings")
-    else:
-        runs.write_json(path, want)
 
-
-def pin_classifier(out: Path) -> Path:
-    """The digit classifier every score of this study uses, pinned in the study folder at its first start
-    (committed with the results): a copy of the package's shipped classifier (v3's own pin became the
-    shipped one), so that a study keeps its feature space if the package's file ever changes."""
-    path = out / CLASSIFIER
-    if not path.is_file():
-        from rfengine.eval import DigitsFeatures
-        DigitsFeatures().save(path)
-    return path
-
-
-def adopt(args, out: Path) -> None:
-    """The selection seeds' pretrained FM models (plateau.json, pretrained.safetensors) copied from
-    `--adopt-from`, so that their `pretrain` jobs find them finished. Their scores are not copied: the
-    `start` jobs score them again with this study's pinned classifier."""
-    if not args.adopt_from:
-        return
-    for s in args.select_seeds:
-        src, dst = Path(args.adopt_from) / "pretrain" / f"s{s}", out / "pretrain" / f"s{s}"
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in ("plateau.json", "pretrained.safetensors"):
-            if not (dst / name).is_file():
-                if not (src / name).is_file():
-                    raise SystemExit(f"rfengine: error: --adopt-from {args.adopt_from}: {src / name} is missing")
-                shutil.copyfile(src / name, dst / name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,22 +240,7 @@ def jobs(args, out: Path, cal: dict) -> dict:
 
 
 def run(args) -> dict:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _protocol(args, out)
-    pin_classifier(out)
-    adopt(args, out)
-    if runs.on_gpu() and args.workers != 1:
-        log.warning("a GPU is present: one run at a time (wall-clock seconds are the compute measure)")
-        args.workers = 1
-    if args.summarize:
-        return summarize(args, out, json.loads((out / "calibration.json").read_text()))
-    pool = Pool(args.workers, out / "logs")
-    cal = calibrate(args, out, pool)
-    if args.stop_after == "calibration":
-        return {}
-    pool.run(jobs(args, out, cal), "study v3")
-    return summarize(args, out, cal)
+    return driver.run(args, PROTOCOL_KEYS, jobs, summarize, "study v3")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,17 +260,6 @@ def paired(results: dict, variant: str, base: str, seeds, regime: str, cost: dic
             "step_cost": cost[variant] / cost[base], "verdict": stats.verdict(m, lo, hi, base=base),
             "rows": stats.compare(results, [variant], seeds, sample_steps, base=base)}
 
-
-def flop_floors(variants) -> dict:
-    """Per variant, the planner's model rows of one step relative to an FM step (a backward counted as
-    two forwards): the FLOP floor that the measured cost is compared with."""
-    from rfengine import config as config_lib
-    from rfengine.plan import step_memory
-    units = {}
-    for v in variants:
-        cfg = config_lib.load(None, [*runs.BASE, *runs.overrides(v)])
-        units[v] = step_memory(cfg, 64).forward_units
-    return {v: u / units["fm"] for v, u in units.items()} if "fm" in units else {}
 
 
 def summarize(args, out: Path, cal: dict) -> dict:

@@ -31,10 +31,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rfengine.study import frontier, runs
-from rfengine.study.pool import Pool
-from rfengine.study.v2 import calibrate
-from rfengine.study.v3 import adopt, pin_classifier, CLASSIFIER
+from rfengine.study import driver, frontier, runs
+from rfengine.study.driver import CLASSIFIER, flop_floors
 
 log = logging.getLogger("rfengine")
 BASELINE = "fm_ln"
@@ -81,18 +79,6 @@ def parse_args(argv=None):
     a.variants = list(dict.fromkeys(["fm", *a.recipes]))  # calibrated: FM's cost sets the budget
     return a
 
-
-def _protocol(args, out: Path) -> None:
-    """Frozen at the first start: continuing with other settings is refused."""
-    path = out / "protocol.json"
-    want = {k: getattr(args, k) for k in PROTOCOL_KEYS}
-    if path.is_file():
-        diff = [k for k, v in json.loads(path.read_text()).items() if want.get(k) != v]
-        if diff:
-            raise SystemExit(f"rfengine: error: {out} was started with other settings ({', '.join(diff)}); "
-                             "use another --out or the same settings")
-    else:
-        runs.write_json(path, want)
 
 
 def grid_of(args) -> dict:
@@ -171,28 +157,13 @@ def confirm_if_chosen(out: Path, recipe: str, seed: int, *rest) -> dict | None:
 
 
 def run(args) -> dict:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _protocol(args, out)
-    pin_classifier(out)
-    adopt(args, out)
-    if runs.on_gpu() and args.workers != 1:
-        log.warning("a GPU is present: one run at a time (wall-clock seconds are the compute measure)")
-        args.workers = 1
-    if args.summarize:
-        return summarize(args, out, json.loads((out / "calibration.json").read_text()))
-    pool = Pool(args.workers, out / "logs")
-    cal = calibrate(args, out, pool)
-    if args.stop_after == "calibration":
-        return {}
-    pool.run(jobs(args, out, cal), "study v4")
-    return summarize(args, out, cal)
+    return driver.run(args, PROTOCOL_KEYS, jobs, summarize, "study v4")
+
 
 
 def summarize(args, out: Path, cal: dict) -> dict:
     """summary.json, report.md and frontier.png from whatever has finished."""
     from rfengine.study.report_v4 import confirmation, write_report
-    from rfengine.study.v3 import flop_floors
     sel = json.loads((out / "selection.json").read_text()) if (out / "selection.json").is_file() else None
     fr = frontiers(out)
     cost = cal["cpu_seconds_per_step"]
