@@ -1,6 +1,8 @@
 """Exact resume: a run killed with SIGKILL (after a step, while a checkpoint is being written, or at a
 random moment) and resumed with `--resume auto` logs the same losses, bit for bit, as a run that was
-never interrupted. fp32 on CPU, one thread per process, 1-process and 2-process DDP."""
+never interrupted; a rank killed under `torchrun --max-restarts` is restarted with its group, which
+resumes by itself and ends with the uninterrupted run's weights. fp32 on CPU, one thread per process,
+1-process and 2-process DDP and FSDP; the uninterrupted runs are the session's (`straight`)."""
 import os
 import random
 import signal
