@@ -10,10 +10,13 @@ setup(
     # the digit classifier behind every digits FD: the same weights on every machine
     package_data={"rfengine.eval": ["digits_classifier.safetensors"]},
     install_requires=[
-        # A range that the local CPU build 2.13.0 satisfies: a newer minimum would pull a CUDA build.
-        "torch>=2.4,<2.15",
+        # The floors are what the code uses (tests/test_requirements.py checks them against the source):
+        # FSDP2's `torch.distributed.fsdp.fully_shard` (2.6), `torch.serialization.safe_globals` (2.5),
+        # `np.trapezoid` (numpy 2). The ceiling keeps the local CPU build 2.13.0 inside the range (a range
+        # it does not satisfy would pull a multi-GB CUDA build).
+        "torch>=2.6,<2.15",
         "triton>=3.0; platform_system == 'Linux'",
-        "numpy",
+        "numpy>=2",
         "pyyaml",
         "tqdm",
         "pillow",

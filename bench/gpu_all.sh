@@ -8,7 +8,9 @@
 #   3 ladder  (200 s)  the real trainer, SiT-B/2 at batch 256 on synthetic latents: bf16 FM eager, bf16 FM
 #                      compiled, bf16 ReflexFlow compiled at adr.prob 1 and 0.5
 #   4 main     (85 s)  the main job itself, configs/imagenet256_dit.yaml (SiT-B/2, bf16, compile) on synthetic
-#                      latents, 40 steps, so that its switch (0.88: step 35) happens inside the run, every step logged
+#                      latents, 40 steps, so that its switch (0.88: step 35) happens inside the run, every 4th step
+#                      logged (36, its first FC step, among them), under torch.cuda.set_sync_debug_mode("warn"):
+#                      the device syncs of every step that is not logged are counted (bench/sync_count.py)
 #   5 plan     (20 s)  the planner's predicted peak memory for the ladder's runs
 #   6 summary  (10 s)  summary.md: the stages (a stage that ran out of its budget says so), the measurements
 #                      against the goals
@@ -83,13 +85,15 @@ rc=$?; record $rc; echo "ladder exit $rc"; cp "$work/ladder/train_check.json" "$
 
 stage "4 main" 85
 main=(--set data.name=synthetic --set data.channels=4 --set data.image_size=32 --set train.steps=40
-      --set train.log_every=1 --set train.ckpt_every=20 --set train.sample_every=100000 --set sample.num_images=4
+      --set train.log_every=4 --set train.ckpt_every=20 --set train.sample_every=100000 --set sample.num_images=4
       --set train.progress=false --set train.tensorboard=false --set "train.out_dir=$work/main")
 if [ "$DRY" = 1 ]; then main+=(--set model.arch=DiT-T/4 --set data.image_size=8 --set train.batch_size=8
                                --set train.compile=false --set sample.steps=2); fi
-timeout "$(budget 85)" python -m rfengine.train --config configs/imagenet256_dit.yaml "${main[@]}" > "$work/main.txt" 2>&1
-rc=$?; record $rc; echo "main job exit $rc"
-python bench/gpu_summary.py main --dir "$work/main" --log "$work/main.txt" --rc $rc --out "$dir/main_job.json"
+timeout "$(budget 85)" python bench/sync_count.py --out "$work/syncs.json" -- --config configs/imagenet256_dit.yaml \
+    "${main[@]}" > "$work/main.txt" 2>&1
+rc=$?; record $rc; echo "main job exit $rc"; grep "^syncs:" "$work/main.txt"
+python bench/gpu_summary.py main --dir "$work/main" --log "$work/main.txt" --rc $rc --syncs "$work/syncs.json" \
+    --out "$dir/main_job.json"
 
 stage "5 plan" 20
 if [ "$DRY" = 1 ]; then

@@ -24,6 +24,7 @@ GOALS = {
     "rf_floor": "ReflexFlow step (compiled, bf16) within 5% of its FLOP floor (p=1: 2.33x, p=0.5: 1.67x of FM)",
     "mfu": "MFU >= 40% for SiT-B/2, bf16 + compile, FM",
     "plan": "planner's peak memory within 10% of the measured peak (bf16 FM eager)",
+    "syncs": "a step that logs nothing syncs the device once (its flag read), main job after its warm-up",
 }
 
 
@@ -47,19 +48,24 @@ def _verdict(ok) -> str:
     return "not measured" if ok is None else ("met" if ok else "**not met**")
 
 
-def main_job(run: Path, log: Path, rc: int) -> dict:
+def main_job(run: Path, log: Path, rc: int, syncs: Path | None = None) -> dict:
     """What the main job's stage shows: whether configs/imagenet256_dit.yaml ran to its end, crossed its
-    switch (the steps before it FM, after it FC's terms), and its last log lines."""
+    switch (the logged steps before it FM, those after it with FC's terms; the switch's own step is a logged
+    one), the device syncs of its steps that log nothing (bench/sync_count.py), and its last log lines."""
     rows = []
     if (run / "metrics.jsonl").is_file():
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     fc = [r["step"] for r in rows if "loss_fc" in r]
+    last = rows[-1]["step"] if rows else None
     tail = log.read_text().splitlines()[-15:] if log.is_file() else []
-    return {"exit": rc, "steps_logged": len(rows), "last_step": rows[-1]["step"] if rows else None,
-            "first_fc_step": fc[0] if fc else None, "fm_steps": len(rows) - len(fc), "fc_steps": len(fc),
+    return {"exit": rc, "steps_logged": len(rows), "last_step": last,
+            "first_fc_step": fc[0] if fc else None, "fm_steps": (fc[0] - 1) if fc else last,
+            "fc_steps": (last - fc[0] + 1) if fc else 0,
             "finite": all(isinstance(r.get("loss"), float) and r["loss"] == r["loss"] for r in rows),
             "images_per_s_last": rows[-1].get("images_per_s") if rows else None,
-            "exported": (run / "ema.safetensors").is_file(), "log_tail": tail}
+            "exported": (run / "ema.safetensors").is_file(),
+            "syncs": json.loads(syncs.read_text()) if syncs is not None and syncs.is_file() else None,
+            "log_tail": tail}
 
 
 def _stages(path: Path | None) -> list[str]:
@@ -81,6 +87,7 @@ def summary(d: Path, stages: Path | None = None) -> str:
     env = (d / "env.txt").read_text().strip() if (d / "env.txt").is_file() else "env.txt missing"
     lines += ["```", env, "```", ""]
     lines += _stages(stages)
+    goals = {k: (None, "-") for k in GOALS}
     if (d / "main_job.json").is_file():
         m = json.loads((d / "main_job.json").read_text())
         ok = m["exit"] == 0 and m["fc_steps"] > 0 and m["fm_steps"] > 0 and m["finite"] and m["exported"]
@@ -88,10 +95,21 @@ def summary(d: Path, stages: Path | None = None) -> str:
                   f"Exit {m['exit']}; {m['steps_logged']} steps logged, the last {m['last_step']}; FM for {m['fm_steps']} "
                   f"steps, FC from step {m['first_fc_step']} ({m['fc_steps']} steps); losses finite: {m['finite']}; "
                   f"EMA exported: {m['exported']}. Verdict: {'ran through its switch' if ok else '**did not**'}.", ""]
+        sy = m.get("syncs") or {}
+        if sy.get("counted"):
+            per = sy["syncs_per_plain_step"]
+            odd = {k: v for k, v in per.items() if v != 1}
+            goals["syncs"] = (not odd and bool(per), f"median {sy['median']}, max {sy['max']} over {len(per)} steps"
+                              + (f"; steps with other counts: {odd}" if odd else ""))
+            sites = ", ".join(f"{k} ({v})" for k, v in list(sy["sites"].items())[:6])
+            lines += [f"Device syncs per step that logs nothing (after {sy['warm_up_steps']} warm-up steps): median "
+                      f"{sy['median']}, max {sy['max']}; where: {sites or 'none'}.", ""]
+        elif sy:
+            lines += [f"Device syncs: not counted ({sy.get('note', '?')}); {len(sy['plain_steps'])} steps that log "
+                      "nothing were marked.", ""]
     if (d / "kernel_tests.txt").is_file():
         tail = [x for x in (d / "kernel_tests.txt").read_text().splitlines() if x.strip()][-1:]
         lines += [f"Kernel tests on this device: {tail[0] if tail else '?'}", ""]
-    goals = {k: (None, "-") for k in GOALS}
     bench = d / "bench.json"
     if bench.is_file():
         data = json.loads(bench.read_text())
@@ -161,11 +179,13 @@ def main(argv=None) -> int:
     p.add_argument("--stages", help="summary: the stages' exit codes (stage, exit, budget per line)")
     p.add_argument("--log", help="main: the main job's log")
     p.add_argument("--rc", type=int, default=0, help="main: the main job's exit status")
+    p.add_argument("--syncs", help="main: bench/sync_count.py's counts")
     a = p.parse_args(argv)
     if a.what == "plan":
         plan_ladder(Path(a.out), extra)
     elif a.what == "main":
-        Path(a.out).write_text(json.dumps(main_job(Path(a.dir), Path(a.log), a.rc), indent=1))
+        syncs = Path(a.syncs) if a.syncs else None
+        Path(a.out).write_text(json.dumps(main_job(Path(a.dir), Path(a.log), a.rc, syncs), indent=1))
     else:
         text = summary(Path(a.dir), Path(a.stages) if a.stages else None)
         (Path(a.dir) / "summary.md").write_text(text)

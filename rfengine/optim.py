@@ -9,19 +9,25 @@ log = logging.getLogger("rfengine")
 
 
 def build_optimizer(params, cfg, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW: NVIDIA apex's FusedAdam when importable on CUDA, else torch's fused (CUDA) or foreach kernel."""
+    """AdamW as `cfg.impl` says: 'torch' (fused kernel on CUDA, foreach elsewhere) or 'apex' (NVIDIA apex's
+    FusedAdam in AdamW mode; CUDA only, and apex must be installed: a ValueError naming the key otherwise)."""
     params = [p for p in params if p.requires_grad]
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if device.type == "cuda":
+    if cfg.impl == "apex":
+        if device.type != "cuda":
+            raise ValueError(f"optim.impl: apex runs on CUDA only, this run's device is {device.type}; use "
+                             "optim.impl: torch")
         try:
-            from apex.optimizers import FusedAdam  # optional; the registry's `apex` is unrelated
-            log.info("optimizer: apex FusedAdam (AdamW mode)")
-            return FusedAdam(params, adam_w_mode=True, **kwargs)
-        except ImportError:
-            log.info("optimizer: torch AdamW (fused)")
-            return torch.optim.AdamW(params, fused=True, **kwargs)
-    log.info("optimizer: torch AdamW (foreach)")
-    return torch.optim.AdamW(params, foreach=True, **kwargs)
+            from apex.optimizers import FusedAdam  # the registry's `apex` is an unrelated package
+        except ImportError as e:
+            raise ValueError(f"optim.impl: apex: NVIDIA apex is not importable ({e}); install it from source "
+                             "or use optim.impl: torch") from None
+        log.info("optimizer: apex FusedAdam (AdamW mode)")
+        return FusedAdam(params, adam_w_mode=True, **kwargs)
+    fused = device.type == "cuda"
+    log.info("optimizer: torch AdamW (%s)", "fused" if fused else "foreach")
+    return torch.optim.AdamW(params, fused=True, **kwargs) if fused else \
+        torch.optim.AdamW(params, foreach=True, **kwargs)
 
 
 def warmup_schedule(optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -23,7 +23,7 @@ import argparse
 import contextlib
 import sys
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -125,7 +125,9 @@ def step_memory(cfg, batch: int, ac: str | None = None, fake: bool = True, step:
         model = build_model(cfg.model.arch, in_channels=shape[0], input_size=shape[1:], num_classes=classes,
                             learn_sigma=cfg.model.learn_sigma, class_dropout=cfg.model.class_dropout, attention=attn)
         parallel.apply_ac(model, ac or cfg.train.activation_checkpointing)
-        optimizer = build_optimizer(model.parameters(), cfg.optim, torch.device("cpu"))
+        # (torch's AdamW stands in for apex's FusedAdam here: the same two fp32 moments per parameter)
+        optimizer = build_optimizer(model.parameters(), replace(cfg.optim, impl="torch"),
+                                    torch.device("cpu"))
         objective = build_objective(cfg.objective, total_steps=cfg.train.steps)
         rows = ModelRows(model)
         x1 = torch.randn((batch, *shape))

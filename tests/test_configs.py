@@ -1,8 +1,11 @@
 """Every shipped config trains through its schedule: the tiny ones as they are (shortened), the
 ImageNet/CIFAR/CelebA ones with overrides that shrink the model, the data (synthetic tensors of the
 configured kind: 4-channel latents or 3-channel images) and the steps, but keep their objective, their
-precision, their parallel mode, their checkpointing and their schedule, whose switch falls inside the
+precision, their parallel mode (an FSDP config runs on two processes, its parameters sharded, its
+checkpoints sharded folders), their checkpointing and their schedule, whose switch falls inside the
 run. What users run first is what is tested."""
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import torch
 
 from rfengine import config
 from rfengine.trainer import Trainer
-from tests.helpers import ROOT, read_metrics
+from tests.helpers import ROOT, read_metrics, set_args, torchrun
 
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 STEPS = 6
@@ -57,11 +60,22 @@ def _init_weights(name: str, tmp_path: Path) -> Path:
 def test_every_shipped_config_trains_through_its_schedule(tmp_path, name):
     raw = raw_cfg(name)
     init = _init_weights(name, tmp_path) if starts_from_weights(name) else tmp_path / "none"
-    cfg = config.load(ROOT / "configs" / name, shrunk(name, tmp_path / "run", init))
+    over = shrunk(name, tmp_path / "run", init)
+    cfg = config.load(ROOT / "configs" / name, over)
     assert (cfg.objective.name, cfg.objective.start, cfg.train.precision, cfg.parallel.mode) == (
         raw.objective.name, raw.objective.start, raw.train.precision, raw.parallel.mode)
-    summary = Trainer(cfg).run()
+    if cfg.parallel.mode == "fsdp":  # one process shards nothing: two, as the config is meant to run
+        r = torchrun(2, "--config", str(ROOT / "configs" / name), *set_args(*over))
+        assert r.returncode == 0, r.stderr[-3000:]
+        held, total = map(float, re.search(r"holds ([\d.]+)M of the ([\d.]+)M parameters",
+                                           (tmp_path / "run" / "log.txt").read_text()).groups())
+        assert held < 0.75 * total  # sharded
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    else:
+        summary = Trainer(cfg).run()
     assert summary["step"] == STEPS and not summary["stopped"]
+    last = tmp_path / "run" / "checkpoints" / f"step_{STEPS:08d}"
+    assert (last / ".metadata").is_file() if cfg.parallel.mode == "fsdp" else last.with_suffix(".pt").is_file()
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)

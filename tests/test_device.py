@@ -18,18 +18,20 @@ META = torch.device("meta")
 
 
 class HostReads(TorchDispatchMode):
-    """Counts reads of non-CPU tensors by the host: `.item()`/`float(t)`/`if t:` (`_local_scalar_dense`),
-    copies to the CPU (`.tolist()`, `.cpu()`) and `nonzero` (its size depends on the values). On `meta`
-    tensors, which have no values, it answers with zeros so that the code goes on."""
+    """Counts reads of non-CPU tensors by the host (with `cpu=True`, of CPU tensors too): `.item()`/`float(t)`/
+    `if t:` (`_local_scalar_dense`), copies to the CPU (`.tolist()`, `.cpu()`) and `nonzero` (its size depends
+    on the values). On `meta` tensors, which have no values, a scalar read answers 0 and a copy to the CPU
+    answers `answer` everywhere, so that the code goes on (and a test can choose what a flag read sees)."""
 
-    def __init__(self):
+    def __init__(self, cpu: bool = False, answer: float = 0.0):
         super().__init__()
         self.reads: list[str] = []
+        self.cpu, self.answer = cpu, answer
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        on_device = x is not None and x.device.type != "cpu"
+        on_device = x is not None and (self.cpu or x.device.type != "cpu")
         if on_device and func is aten._local_scalar_dense.default:
             self.reads.append("item")
             if x.device.type == "meta":
@@ -37,7 +39,7 @@ class HostReads(TorchDispatchMode):
         if on_device and func is aten._to_copy.default and str(kwargs.get("device")) == "cpu":
             self.reads.append("to_cpu")
             if x.device.type == "meta":
-                return torch.zeros(x.shape, dtype=kwargs.get("dtype") or x.dtype)
+                return torch.full(x.shape, self.answer, dtype=kwargs.get("dtype") or x.dtype)
         if on_device and func in (aten.nonzero.default, aten.masked_select.default):
             self.reads.append(str(func))
         return func(*args, **kwargs)
@@ -109,15 +111,17 @@ def test_an_objective_reads_nothing_back_from_the_device(name, reads):
 
 
 def test_value_checks_on_are_host_reads():
-    """The counter sees the range checks: the same loss with value checks on reads t's min and max."""
+    """The counter sees the range checks: the same loss with value checks on reads t's min and max. On
+    CPU tensors the checks read values too (counted when asked for), but those are no device reads."""
     cfg = config.load(None, OBJECTIVES["fc_input"])
     obj = build_objective(cfg.objective, metrics_every=1000)
     torch.manual_seed(0)
     model = build_model("DiT-T/4", in_channels=4, input_size=(8, 12), num_classes=10)
     x1 = torch.randn(6, 4, 8, 12, device="cpu")
-    with value_checks(True), HostReads() as mode:
+    with value_checks(True), HostReads(cpu=True) as every, HostReads() as device:
         obj.loss(model.to("cpu"), x1, torch.zeros(6, dtype=torch.long), 1)
-    assert mode.reads == [], "CPU tensors are not device reads"
+    assert every.reads.count("item") >= 4, "the value checks read the CPU tensors' values"
+    assert device.reads == [], "CPU tensors are not device reads"
     model = _meta_model()
     with value_checks(True), HostReads() as mode:
         obj.loss(model, x1.to(META), torch.zeros(6, dtype=torch.long, device=META), 1)
@@ -151,8 +155,11 @@ def test_a_training_step_that_is_not_logged_reads_the_device_once(meta_trainer, 
     for step in range(4):  # FM steps, the switch at step 2, ReflexFlow steps
         tr.state.step = step
         x1, y = next(data)
-        with value_checks(False), HostReads() as mode:
+        with value_checks(False), HostReads() as mode:  # the flag read sees zeros: finite, no stop
             applied, metrics = tr.train_step(x1, y)
         assert applied
         assert mode.reads == ["to_cpu"], f"step {step}: {mode.reads}"
         assert all(v.device == META for v in metrics.values())
+    with value_checks(False), HostReads(answer=1.0) as mode:  # every flag raised, non-finite among them
+        applied, _ = tr.train_step(*next(data))
+    assert not applied and mode.reads == ["to_cpu"], "the one read decides whether the update is applied"

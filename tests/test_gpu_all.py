@@ -1,7 +1,8 @@
 """bench/gpu_all.sh, the one-call GPU verification, cannot rot: its CPU dry run (DRY_RUN=1) runs every
 stage at tiny shapes, on the fewest cases that reach every part of the summary, and writes the files the
-GPU run writes; its stage budgets fit 9 minutes; and the torch API check it starts with catches a name
-torch lacks."""
+GPU run writes; its stage budgets fit 9 minutes; the torch API check it starts with catches a name torch
+lacks; and the main job's count of device syncs per step that logs nothing (bench/sync_count.py) counts
+what it is given."""
 import json
 import os
 import re
@@ -38,8 +39,12 @@ def test_dry_run_writes_every_result_file(tmp_path):
     main = json.loads((out / "main_job.json").read_text())  # the main job ran through its switch
     assert main["exit"] == 0 and main["last_step"] == 40 and main["first_fc_step"] == 36 and main["fm_steps"] == 35
     assert main["finite"] and main["exported"]
+    syncs = main["syncs"]  # on CPU nothing is counted, but every step that logs nothing is marked
+    assert syncs["counted"] is False and syncs["exit"] == 0
+    assert syncs["plain_steps"] == [s for s in range(6, 40) if s % 4], syncs["plain_steps"]
     summary = (out / "summary.md").read_text()
-    for part in ("## Stages", "## Main job", "ran through its switch", "## Kernels", "## Trainer ladder",
+    for part in ("## Stages", "## Main job", "ran through its switch", "Device syncs: not counted", "## Kernels",
+                 "## Trainer ladder",
                  "## Planner vs measured peak memory", "## Goals", "Measured copy bandwidth"):
         assert part in summary
     stage_rows = summary.split("## Stages")[1].split("\n## ")[0]
@@ -71,3 +76,38 @@ def test_api_check_finds_a_missing_torch_name(tmp_path):
     missing = sorted(n for n in found if not mod.resolves(n))
     assert missing == ["torch.distributed.checkpoint.async_save_v9", "torch.distributed.fsdp.no_such_thing",
                        "torch.nn.nonexistent_layer"]
+
+
+def test_sync_count_counts_the_syncs_of_each_step_that_logs_nothing(tmp_path, monkeypatch):
+    """bench/sync_count.py's bookkeeping, with torch's sync warning stood in for (it is raised on CUDA
+    only): the flag read of every step syncs once, step 7 once more; logged, checkpoint and warm-up steps
+    are left out, and the extra sync is found with its place."""
+    import warnings
+
+    import torch
+
+    from bench.sync_count import SYNC, count
+    from rfengine import trainer
+    from tests.helpers import TINY, set_args
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "stand-in")
+    real_reduce, real_ema, calls = trainer.parallel.all_reduce, trainer.ema_update, []
+
+    def reduce(t, op=None):
+        warnings.warn(f"called a {SYNC}")  # the flag read (and the logged steps' metrics)
+        return real_reduce(t) if op is None else real_reduce(t, op=op)
+
+    def ema(*a):
+        calls.append(1)
+        if len(calls) == 7:
+            warnings.warn(f"called a {SYNC}")
+        real_ema(*a)
+    monkeypatch.setattr(trainer.parallel, "all_reduce", reduce)
+    monkeypatch.setattr(trainer, "ema_update", ema)
+    args = ["--config", "configs/tiny_fm.yaml", *set_args(*TINY, "train.log_every=4", "train.ckpt_every=6",
+                                                          "train.steps=12", f"train.out_dir={tmp_path}")]
+    result = count(args, warm=2, cuda=True)
+    assert result["exit"] == 0 and result["plain_steps"] == [3, 5, 7, 9, 10, 11]
+    assert result["syncs_per_plain_step"] == {3: 1, 5: 1, 7: 2, 9: 1, 10: 1, 11: 1}
+    assert result["median"] == 1 and result["max"] == 2
+    assert sum(result["sites"].values()) == 7 and any("test_gpu_all.py" in k for k in result["sites"])

@@ -123,11 +123,11 @@ def test_a_missing_file_stops_the_start_and_resume_never_reads_it(tmp_path):
 
 def test_a_moved_finetune_samples_and_exports_without_its_init_file(tmp_path):
     """The shipped fine-tune recipe's artifacts travel: its run folder moved elsewhere and the weights it
-    started from deleted, its checkpoint and its export still sample and export (the stored config is
-    validated for the model it describes, not for the files the run once read)."""
+    started from deleted, its checkpoint and its export still sample, export and score (the stored config
+    is validated for the model it describes, not for the files the run once read)."""
     import shutil
 
-    from rfengine import export, sample
+    from rfengine import evaluate, export, sample
     from tests.helpers import ROOT
     torch.save(_model().state_dict(), tmp_path / "pretrained.pt")
     cfg = tiny_cfg(tmp_path / "run", f"train.init_from={tmp_path / 'pretrained.pt'}", "train.steps=2",
@@ -143,4 +143,5 @@ def test_a_moved_finetune_samples_and_exports_without_its_init_file(tmp_path):
         assert len(list(out.glob("samples_*.npz"))) == 1
         assert export.main(["--ckpt", str(source), "--out", str(out / "w.safetensors")]) == 0
         assert weights.load_model(out / "w.safetensors")[1].train.init_from == str(tmp_path / "pretrained.pt")
+        assert evaluate.main(["bias", "--ckpt", str(source), "--count", "8", "--steps", "2", "--out", str(out)]) == 0
     assert export.main(["--run-dir", str(moved), "--out", str(tmp_path / "from_run_dir.safetensors")]) == 0

@@ -58,9 +58,12 @@ def unreadable(path: str | Path, what: str, kind: str | None = None) -> ValueErr
     """The error for a file that is not a checkpoint or weights file rfengine can read; `kind` says what
     is wrong (by default: a torch.save archive that is damaged or truncated, or no such archive at all)."""
     if kind is None:
-        with open(path, "rb") as f:
-            zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format is a zip archive
-        kind = "a torch.save archive that is damaged or truncated" if zipped else "not a torch.save archive"
+        try:
+            with open(path, "rb") as f:
+                zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format is a zip archive
+            kind = "a torch.save archive that is damaged or truncated" if zipped else "not a torch.save archive"
+        except OSError as e:
+            kind = e.strerror or type(e).__name__
     return ValueError(f"{what} {path} is not a checkpoint or weights file that rfengine can read ({kind})")
 
 

@@ -114,6 +114,9 @@ class OptimConfig:
     warmup_steps: int = _bound(0, ge=0)
     grad_clip: float = _bound(1.0, ge=0.0)
     ema_decay: float = _bound(0.9999, ge=0.0, le=1.0)
+    # The AdamW kernel: torch's (fused on CUDA, foreach elsewhere) or NVIDIA apex's FusedAdam (CUDA, built
+    # from source; its optimizer state is its own format, and it is untested with FSDP2's sharded parameters).
+    impl: Literal["torch", "apex"] = "torch"
 
 
 @dataclass

@@ -107,6 +107,9 @@ def _cross_checks(cfg: Config) -> None:
     if start >= cfg.train.steps:
         raise ConfigError(f"objective.start: step {start} is not before train.steps={cfg.train.steps}; "
                           f"{cfg.objective.name} would never run")
+    if cfg.optim.impl == "apex" and cfg.parallel.mode == "fsdp":
+        raise ConfigError("optim.impl: apex is untested with parallel.mode=fsdp (FSDP2's sharded DTensor "
+                          "parameters); use optim.impl: torch")
     from rfengine.models import MODEL_SIZES  # the registry is the one source of valid names
     if cfg.model.arch not in MODEL_SIZES:
         near = difflib.get_close_matches(cfg.model.arch, list(MODEL_SIZES), n=1)

@@ -17,11 +17,17 @@ from rfengine.run.build import Built
 log = logging.getLogger("rfengine")
 
 
-def code_version() -> str:
-    """The git commit of the source tree, or 'unknown' outside a checkout."""
+def code_version(package: Path = Path(__file__).resolve().parents[1]) -> str:
+    """The git commit of the checkout whose `rfengine/` is `package` (this package, by default), or
+    'unknown' when it is not one (an installed copy, perhaps inside someone else's repository, whose HEAD
+    says nothing about this code)."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5, check=True).stdout.strip()
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=5,
+                                  check=True).stdout.strip()
+        if Path(git("rev-parse", "--show-toplevel")).resolve() / "rfengine" != package:
+            return "unknown"
+        return git("rev-parse", "HEAD")
     except Exception:
         return "unknown"
 
@@ -68,6 +74,7 @@ class CheckpointManager:
         self.folder = out / "checkpoints"
         self.out = out
         self.writer = checkpoint.BackgroundWriter()  # single-file checkpoints (rank 0), sharded ones (every rank)
+        self.code_version = code_version()  # once per run, not a subprocess on the training thread at every save
         self.group = parallel.side_group() if built.sharded and cfg.train.async_ckpt else None
 
     # ------------------------------------------------------------------------------------------
@@ -129,7 +136,7 @@ class CheckpointManager:
 
     def meta(self) -> dict:
         """What rebuilds the model from its weights alone."""
-        return {"step": self.state.step, "config": config_lib.to_dict(self.cfg), "code_version": code_version(),
+        return {"step": self.state.step, "config": config_lib.to_dict(self.cfg), "code_version": self.code_version,
                 "data_shape": list(self.data_shape), "num_classes": self.built.model.num_classes}
 
     def failure(self) -> Exception | None:

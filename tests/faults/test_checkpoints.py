@@ -240,11 +240,44 @@ def test_resume_auto_stops_when_checkpoints_exist_and_none_loads(tmp_path):
 
 
 def test_resume_hint_names_the_newest_checkpoint_without_reading_it(tmp_path, monkeypatch):
-    Trainer(tiny_cfg(tmp_path, "train.steps=4", "train.ckpt_every=2")).run()
+    """From the names alone: the files hold no checkpoint (a hint that read them would skip them all), and
+    no file is opened while the hint is made."""
+    import builtins
+    for step in (2, 4):
+        checkpoint.checkpoint_path(tmp_path, step).write_bytes(b"not read")
+    (tmp_path / "step_00000006").mkdir()  # a sharded folder's name counts too
 
     def no_read(*a, **k):
-        raise AssertionError("resume_hint read a checkpoint file")
-    monkeypatch.setattr(checkpoint.reading, "load", no_read)
-    monkeypatch.setattr(checkpoint, "load", no_read)
-    hint = checkpoint.resume_hint(tmp_path / "checkpoints")
-    assert "step_00000004.pt (step 4)" in hint and "--resume auto" in hint
+        raise AssertionError("resume_hint read a file")
+    monkeypatch.setattr(builtins, "open", no_read)
+    monkeypatch.setattr(torch, "load", no_read)
+    hint = checkpoint.resume_hint(tmp_path)
+    monkeypatch.undo()
+    assert "step_00000006 (step 6)" in hint and "--resume auto" in hint, hint
+
+
+def test_the_code_version_is_this_checkout_and_read_once_per_run(tmp_path, monkeypatch):
+    """The commit of the checkout the package sits in; an installed copy inside another repository (a
+    virtualenv in a user's project) is 'unknown', not that project's HEAD. Read once per run, on the main
+    thread, however many checkpoints the run writes."""
+    import subprocess
+    import threading
+
+    from rfengine.run import checkpoints as manager
+    repo = tmp_path / "project"
+    (repo / "venv" / "site-packages" / "rfengine").mkdir(parents=True)
+    (repo / "rfengine").mkdir()
+    for cmd in (["init", "-q"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True, capture_output=True)
+    project_head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert manager.code_version(repo / "venv" / "site-packages" / "rfengine") == "unknown"
+    assert manager.code_version(repo / "rfengine") == project_head
+    calls, real = [], subprocess.run
+
+    def counted(*a, **k):
+        calls.append(threading.current_thread().name)
+        return real(*a, **k)
+    monkeypatch.setattr(manager.subprocess, "run", counted)
+    Trainer(tiny_cfg(tmp_path / "run", "train.steps=4", "train.ckpt_every=1")).run()
+    assert len(checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")) >= 3
+    assert calls in (["MainThread"], ["MainThread"] * 2), calls  # --show-toplevel (then HEAD, in a checkout), once

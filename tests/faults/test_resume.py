@@ -1,6 +1,8 @@
 """Exact resume: a run killed with SIGKILL (after a step, while a checkpoint is being written, or at a
 random moment) and resumed with `--resume auto` logs the same losses, bit for bit, as a run that was
-never interrupted. fp32 on CPU, one thread per process, 1-process and 2-process DDP."""
+never interrupted; a rank killed under `torchrun --max-restarts` is restarted with its group, which
+resumes by itself and ends with the uninterrupted run's weights. fp32 on CPU, one thread per process,
+1-process and 2-process DDP and FSDP; the uninterrupted runs are the session's (`straight`)."""
 import os
 import random
 import signal
@@ -33,7 +35,7 @@ def _assert_same(resumed_dir, straight_dir):
 @pytest.mark.parametrize("nproc, fault, resumed_from, mode", [
     (1, "after_step@6", 4, "ddp"),        # killed between checkpoints: steps 5-6 are redone
     (1, "checkpoint_write@8", 4, "ddp"),  # killed with step 8's checkpoint half written: it is never used
-    (2, "after_step@6", 4, "ddp"),
+    # (2 processes killed between checkpoints: the torchrun restart tests below, DDP and FSDP)
     (2, "checkpoint_write@8", 4, "ddp"),
     (2, "checkpoint_write@8", 4, "fsdp"),  # sharded: every file of the folder half written
 ])
