@@ -24,8 +24,6 @@ import torch
 from rfengine import storage
 from rfengine.eval.npz import NpzWriter
 
-# Fixed zip member timestamps: the same images give the same bytes, whenever they are merged.
-
 
 def chunks(count: int, size: int) -> list[range]:
     """The sample indices of each chunk of a run of `count` samples, `size` per chunk (the last shorter)."""

@@ -137,6 +137,8 @@ class Trainer:
                 s.data_position += 1
                 applied, metrics = self.train_step(x1, y)
                 if not guard.check(applied, metrics):
+                    if self.stop_agreed:  # a stop agreed on a skipped step is not held back by the next ones
+                        return self._stopped(guard, saved=False)
                     continue
                 s.step += 1
                 faults.maybe_crash("after_step", s.step)
@@ -145,17 +147,22 @@ class Trainer:
                 saved = self.checkpoints.maybe_save(s.step)
                 if s.step % cfg.train.sample_every == 0 and s.step < cfg.train.steps:
                     self._grid()
-                if self.stop_agreed:  # (a checkpoint step's own save is completed, not written twice)
-                    guard.keep_last()
-                    path = self.checkpoints.finish_save() if saved else self.checkpoints.save()
-                    log.warning("stopped at step %d; checkpoint %s. Resume by running the same command with "
-                                "--resume auto", s.step, path)
-                    return {"step": s.step, "stopped": True}
+                if self.stop_agreed:
+                    return self._stopped(guard, saved)
             guard.keep_last()
             self.checkpoints.save()
             self.checkpoints.export_ema()
             grid = self._grid()
             return self._finish(start, time.perf_counter() - t0, grid)
+
+    def _stopped(self, guard: "_NonFiniteGuard", saved: bool) -> dict:
+        """Checkpoint the step reached and end the run on an agreed stop (a checkpoint step's own save is
+        completed, not written twice)."""
+        guard.keep_last()
+        path = self.checkpoints.finish_save() if saved else self.checkpoints.save()
+        log.warning("stopped at step %d; checkpoint %s. Resume by running the same command with --resume auto",
+                    self.state.step, path)
+        return {"step": self.state.step, "stopped": True}
 
     def _finish(self, start: int, elapsed: float, grid) -> dict:
         """The run's summary, logged and written (`summary.json`, rank 0)."""

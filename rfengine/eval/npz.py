@@ -96,25 +96,33 @@ def read_stats(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray
     """The statistics a reference file carries, float64: ({"pool": (mu, sigma), "spatial": (mu_s, sigma_s)}, each
     where present, empty for a file of images only), and the number of images behind them where the file records it
     (`stats_count`, written by `rfengine.eval.reference`; ADM's files do not). A mean without its covariance (or the
-    reverse) is refused."""
-    out = {}
+    reverse) is refused; a member that cannot be read (an object array, damaged bytes) is named with the file."""
     try:
         f = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise ValueError(f"{path}: not an .npz file ({e})") from e
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: a single .npy array, expected an .npz (arr_0 and/or mu, sigma, mu_s, sigma_s)")
+    out = {}
     with f:
         for kind, (m, s) in STATS_KEYS.items():
             if (m in f) != (s in f):
                 raise ValueError(f"{path}: has {m if m in f else s} without {s if m in f else m}")
             if m in f:
-                mu, sigma = f[m].astype(np.float64), f[s].astype(np.float64)
+                mu, sigma = _member(f, m, path).astype(np.float64), _member(f, s, path).astype(np.float64)
                 if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
                     raise ValueError(f"{path}: {m} must be (D,) and {s} (D, D), got {mu.shape} and {sigma.shape}")
                 out[kind] = (mu, sigma)
-        count = int(f["stats_count"]) if "stats_count" in f else None
+        count = int(_member(f, "stats_count", path)) if "stats_count" in f else None
     return out, count
+
+
+def _member(f, name: str, path) -> np.ndarray:
+    """Member `name` of an open .npz, or a ValueError naming the file and the member."""
+    try:
+        return f[name]
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: {name} cannot be read ({e})") from e
 
 
 class NpzWriter:

@@ -45,24 +45,37 @@ class TrainState:
 def find(resume: str | None, folder: Path, is_main: bool) -> tuple[Path, dict] | None:
     """The checkpoint a run starts from, read: `resume` 'auto' (the newest checkpoint in `folder` that
     loads; None when there is none, so that one command serves the first start and every restart), a
-    path, or None (a fresh run). Leftovers of a crashed writer are cleared first (rank 0); checkpoints
-    that exist but none of which loads stop the run rather than start it over."""
+    path, or None (a fresh run). Collective: rank 0 clears the leftovers of a crashed writer and chooses,
+    and every process reads the checkpoint rank 0 chose (each listing the folder on its own could pick
+    another step while rank 0 is still renaming, and the group would split). Checkpoints that exist but
+    none of which loads stop the run rather than start it over."""
     if not resume:
         return None
+    choice, found = None, None
     if is_main:
-        checkpoint.remove_temporaries(folder)
-    if resume != "auto":
-        return Path(resume), checkpoint.load(resume)
-    found = checkpoint.latest(folder)
-    if found is None:
-        present = checkpoint.list_checkpoints(folder)
-        if present:  # never start over silently on top of a run whose checkpoints cannot be read
+        try:
+            checkpoint.remove_temporaries(folder)
+            if resume != "auto":
+                choice = ("path", str(resume))
+            else:
+                found = checkpoint.latest(folder)
+                present = checkpoint.list_checkpoints(folder)
+                choice = ("path", str(found[0])) if found else ("none", [p.name for _, p in present])
+        except ValueError as e:  # said on every process, not only rank 0's (the others would wait for it)
+            choice = ("error", str(e))
+    kind, value = parallel.broadcast_object(choice)
+    if kind == "error":
+        raise ValueError(value)
+    if kind == "none":
+        if value:  # never start over silently on top of a run whose checkpoints cannot be read
             raise ValueError(
-                f"--resume auto: none of the {len(present)} checkpoint(s) in {folder} loads "
-                f"({', '.join(p.name for _, p in present[-3:])}; the warnings above say why); to start "
+                f"--resume auto: none of the {len(value)} checkpoint(s) in {folder} loads "
+                f"({', '.join(value[-3:])}; the warnings above say why); to start "
                 "fresh, move them away or choose another train.out_dir")
         log.info("--resume auto: no checkpoint in %s, starting fresh", folder)
-    return found
+        return None
+    path = Path(value)
+    return path, (found[1] if found is not None else checkpoint.load(path))
 
 
 class CheckpointManager:

@@ -233,3 +233,9 @@ def test_a_reference_made_from_an_image_folder_holds_adms_members_and_its_count(
     as_uint8 = ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert sum(any(np.array_equal(a, b) for b in as_uint8) for a in arr_0) == 4        # arr_0: 4 of the images
     assert read_stats(out)[1] == 5
+
+
+def test_reference_statistics_that_would_need_pickle_are_named_in_one_line(tmp_path):
+    np.savez(tmp_path / "obj.npz", mu=np.array([1, "a"], dtype=object), sigma=np.eye(2))
+    with pytest.raises(ValueError, match=r"obj.npz: mu cannot be read \(Object arrays"):
+        read_stats(tmp_path / "obj.npz")

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from rfengine import checkpoint
 from rfengine.trainer import NonFiniteError, Trainer
 from tests.helpers import ROOT, TINY, read_metrics, set_args, tiny_cfg, train_cli
 
@@ -121,3 +122,20 @@ def test_a_stop_on_a_checkpoint_step_saves_that_step_once(tmp_path, mode):
     assert saves == [2, 4], "step 4 was saved once, in the background, and completed"
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == [4]
     assert checkpoint.load(checkpoint.list_checkpoints(tmp_path / "checkpoints")[-1][1])["step"] == 4
+
+
+def test_a_stop_during_skipped_steps_is_not_held_back(tmp_path):
+    """A SIGTERM while the loss is non-finite: the run checkpoints the step it reached and stops at once,
+    instead of waiting for a finite step (or for max_bad_steps to end it without a checkpoint)."""
+    tr = Trainer(tiny_cfg(tmp_path, "train.steps=8", "train.max_bad_steps=5"))
+    _poison(tr, {3, 4, 5, 6, 7})
+    step = tr.train_step
+
+    def signalled(x1, y):
+        if tr.data_position == 3:  # the first skipped batch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(x1, y)
+    tr.train_step = signalled
+    out = tr.run()
+    assert out == {"step": 2, "stopped": True}
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == [2]
