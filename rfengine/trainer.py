@@ -160,8 +160,9 @@ class Trainer:
         completed, not written twice)."""
         guard.keep_last()
         path = self.checkpoints.finish_save() if saved else self.checkpoints.save()
-        log.warning("stopped at step %d; checkpoint %s. Resume by running the same command with --resume auto",
-                    self.state.step, path)
+        where = f"; checkpoint {path}" if path is not None else ""  # (rank 0 names a single-file checkpoint)
+        log.warning("stopped at step %d%s. Resume by running the same command with --resume auto",
+                    self.state.step, where)
         return {"step": self.state.step, "stopped": True}
 
     def _finish(self, start: int, elapsed: float, grid) -> dict:
