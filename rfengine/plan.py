@@ -238,7 +238,8 @@ def render(p: dict) -> str:
     fit = "fits" if p["peak_bytes"] <= p["usable_bytes"] else "DOES NOT FIT"
     lines += [f"  peak                         {g(p['peak_bytes'])} of {g(p['usable_bytes'])} usable: {fit}",
               "  largest per-GPU batch that fits: " + ", ".join(
-                  f"AC {ac} {b}" for ac, b in p["max_per_gpu_batch"].items()),
+                  f"AC {ac} {b if b is not None else 'not estimated'}" for ac, b in p["max_per_gpu_batch"].items())
+              + (" (a sample's activations too small to measure)" if None in p["max_per_gpu_batch"].values() else ""),
               f"model compute: {p['model_tflop_per_step_per_gpu']:.2f} TFLOP per step per GPU "
               f"({p['forward_units']} image forwards, a backward counted as two)"]
     if p["step_seconds"]:
