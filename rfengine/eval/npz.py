@@ -19,7 +19,20 @@ import numpy.lib.format as npformat
 STATS_KEYS = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
 
 
-class NpzImages:
+class _OpenZip:
+    """An open zip (`self._zip`) closed by `close()` or at the end of a `with` block."""
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class NpzImages(_OpenZip):
     """`arr_0` of an `.npz` file: `shape` (N, H, W, C), `batches(size)` yields uint8 (b, H, W, C) arrays in file order.
     Use as a context manager or call `close()`."""
 
@@ -68,14 +81,6 @@ class NpzImages:
                                      f"{len(self)} images (a truncated file)")
                 yield np.frombuffer(buf, np.uint8).reshape(b, *self.shape[1:])
 
-    def close(self) -> None:
-        self._zip.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _read_header(f, path: Path, key: str) -> tuple[tuple, np.dtype]:
@@ -125,7 +130,7 @@ def _member(f, name: str, path) -> np.ndarray:
         raise ValueError(f"{path}: {name} cannot be read ({e})") from e
 
 
-class NpzWriter:
+class NpzWriter(_OpenZip):
     """An `.npz` that `np.load` reads, written member by member: `add(name, array)` for a small array,
     `stream(name, shape, dtype, chunks)` for a large one whose rows arrive in chunks (memory holds one chunk).
     Members are stored uncompressed, in ZIP64 form, as `np.savez` writes them, with a fixed timestamp, so the
@@ -160,12 +165,4 @@ class NpzWriter:
     def _member(name: str) -> zipfile.ZipInfo:
         return zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
 
-    def close(self) -> None:
-        self._zip.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
