@@ -76,17 +76,18 @@ def pair_times(t: torch.Tensor, adr) -> tuple[torch.Tensor, torch.Tensor, torch.
     return torch.where(rolled, s, t), rolled, idx
 
 
-def step_times(s: torch.Tensor, t: torch.Tensor, adr) -> list[torch.Tensor]:
-    """The K + 1 times (each (B,)) the rollout's K steps go through from s to t: evenly spaced, or on the
-    shifted grid evenly spaced in the unshifted time (the sampler's own grid points between s and t).
-    The first is s and the last is t exactly."""
+def step_times(s: torch.Tensor, t: torch.Tensor, adr) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The K + 1 times (each (B,)) the rollout's K steps go through from s to t, and the K step sizes:
+    evenly spaced, or on the shifted grid evenly spaced in the unshifted time (the sampler's own grid
+    points between s and t). The first time is s and the last is t exactly; unshifted, every step is
+    (t - s)/K (section 3's step, bit for bit)."""
     k_steps = adr.steps
     if adr.shift == 1.0:
         h = (t - s) / k_steps
-        return [s + k * h for k in range(k_steps)] + [t]
+        return [s + k * h for k in range(k_steps)] + [t], [h] * k_steps
     a, b = unshift_time(s, adr.shift), unshift_time(t, adr.shift)
-    inner = [shift_time(a + k * (b - a) / k_steps, adr.shift) for k in range(1, k_steps)]
-    return [s, *inner, t]
+    times = [s, *(shift_time(a + k * (b - a) / k_steps, adr.shift) for k in range(1, k_steps)), t]
+    return times, [y - x for x, y in zip(times[:-1], times[1:])]
 
 
 def take(y, idx):
@@ -119,8 +120,7 @@ def rollout(model, x0: torch.Tensor, x1: torch.Tensor, y, t: torch.Tensor, adr,
     k_steps, heun = adr.steps, adr.integrator == "heun"
     if adr.integrator not in ("euler", "heun"):
         raise ValueError(f"adr.integrator: expected 'euler' or 'heun', got {adr.integrator!r}")
-    times = step_times(s, t, adr)
-    hs = [b - a for a, b in zip(times[:-1], times[1:])] if adr.shift != 1.0 else [(t - s) / k_steps] * k_steps
+    times, hs = step_times(s, t, adr)
     x_s = interpolate(x0, x1, s)
     b = t.shape[0]
     subset = idx.numel() < b
