@@ -7,6 +7,14 @@ merge into the .npz, measured apart (the high-water mark is reset between the ph
 
     python bench/sample_memory.py --counts 2000 8000 --out bench/results/<machine>_sample_memory
 
+The merge, the one phase whose work grows with the count, is also measured alone at full scale
+(`--merge-counts 50000`): a process writes the shards of a 50,000-sample run (random 256x256x3 uint8
+images, chunks of `--batch`, labelled), then a fresh process merges them into the .npz with
+`rfengine.sample_shards.merge`, as rank 0 does, and records its peak resident set; the merged file is
+then checked chunk by chunk against the shards' images and labels (read back memory-mapped).
+
+    python bench/sample_memory.py --counts --merge-counts 50000 --out ...
+
 Writes sample_memory.json (peaks per rank and count, the chunk and file sizes, device, versions,
 commit) and prints one line per count.
 """
@@ -15,11 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,11 +91,70 @@ def measure(count: int, batch: int, procs: int, folder: Path, model: Path, vae: 
             "peak_rss_mib_by_rank": [x["peak_rss_mib"] for x in ranks], "seconds": seconds}
 
 
+def _shard_images(j: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk j's stand-in samples: (n, 256, 256, 3) uint8 and (n,) int64 labels, a function of j only."""
+    rng = np.random.default_rng(j)
+    return rng.integers(0, 256, (n, 256, 256, 3), dtype=np.uint8), rng.integers(0, 1000, n, dtype=np.int64)
+
+
+def merge_worker(folder: Path, count: int, batch: int) -> int:
+    """The merge of a `count`-sample run's shards (written by `write_shards`) into one .npz, in this fresh
+    process; prints its peak RSS (MiB) before and during the merge as JSON."""
+    from rfengine import sample_shards
+    plan = sample_shards.chunks(count, batch)
+    before = _peak_mib(reset=True)
+    sample_shards.merge(folder / "parts", plan, folder / "merged.npz", labelled=True)
+    print(json.dumps({"before merge": before, "merge": _peak_mib()}))
+    return 0
+
+
+def measure_merge(count: int, batch: int, folder: Path) -> dict:
+    """Write the shards of a `count`-sample run, merge them in a fresh process (its peak RSS), and check the
+    merged file against the shards."""
+    from tqdm import tqdm
+
+    from rfengine import sample_shards
+    plan = sample_shards.chunks(count, batch)
+    parts = folder / "parts"
+    sample_shards.open_parts(parts, {"merge benchmark": count}, len(plan))
+    for j, rows in enumerate(tqdm(plan, desc=f"shards of {count}", unit="chunk")):
+        sample_shards.write_chunk(parts, j, *_shard_images(j, len(rows)), None)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "merge-worker", str(folder), str(count),
+                        str(batch)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                       text=True)
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"merge of {count} failed:\n{r.stderr[-3000:]}")
+    peaks = json.loads(r.stdout.strip().splitlines()[-1])
+    npz = folder / "merged.npz"
+    size = npz.stat().st_size
+    from rfengine.eval.npz import NpzImages
+    with np.load(npz) as f:
+        labels = f["arr_1"]
+    with NpzImages(npz) as f:  # streamed: the check holds one chunk at a time too
+        for j, (rows, got) in enumerate(tqdm(zip(plan, f.batches(batch)), total=len(plan), desc="check",
+                                             unit="chunk")):
+            images, want = _shard_images(j, len(rows))
+            if not (np.array_equal(got, images) and np.array_equal(labels[rows.start:rows.stop], want)):
+                raise SystemExit(f"merged file differs from chunk {j}'s shard")
+    shutil.rmtree(parts)
+    npz.unlink()
+    return {"count": count, "chunk_images": batch, "chunk_mib": batch * IMAGE_BYTES / 2**20,
+            "npz_mib": size / 2**20, "all_images_mib": count * IMAGE_BYTES / 2**20,
+            "peak_rss_mib": peaks, "merge_seconds": seconds, "checked": "every chunk equal to its shard"}
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         return worker(sys.argv[3:], Path(sys.argv[2]))
+    if len(sys.argv) > 1 and sys.argv[1] == "merge-worker":
+        return merge_worker(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--counts", type=int, nargs="+", default=[2000, 8000])
+    p.add_argument("--counts", type=int, nargs="*", default=[2000, 8000],
+                   help="sample counts of whole sampling runs (none: only --merge-counts)")
+    p.add_argument("--merge-counts", type=int, nargs="*", default=[],
+                   help="sample counts whose merge alone is measured (needs about 2 x count x 192 KiB of disk)")
     p.add_argument("--batch", type=int, default=250, help="samples per chunk (the CLI's default)")
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--out", required=True)
@@ -111,9 +181,16 @@ def main() -> int:
             print(f"N={count}: peak RSS (MiB) {peaks} (chunk {res['chunk_mib']:.0f} MiB, all images "
                   f"{res['all_images_mib']:.0f} MiB, .npz {res['npz_mib']:.0f} MiB), {res['seconds']:.0f} s",
                   flush=True)
+        merges = []
+        for count in a.merge_counts:
+            res = measure_merge(count, a.batch, tmp)
+            merges.append(res)
+            print(f"merge of N={count}: peak RSS (MiB) {res['peak_rss_mib']['merge']:.0f} (before it "
+                  f"{res['peak_rss_mib']['before merge']:.0f}; chunk {res['chunk_mib']:.0f} MiB, .npz "
+                  f"{res['npz_mib']:.0f} MiB), {res['merge_seconds']:.0f} s", flush=True)
     info = device_info()
     info["command"] = "python bench/sample_memory.py " + " ".join(sys.argv[1:])
-    (out / "sample_memory.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    (out / "sample_memory.json").write_text(json.dumps({"machine": info, "results": results, "merges": merges}, indent=1))
     return 0
 
 
