@@ -124,7 +124,8 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a --config key (repeatable)")
     p.add_argument("--vae", help="a latent model's VAE (diffusers AutoencoderKL: hub name or folder): the latents "
-                                 "are decoded with it (divided by data.scale_factor) into images")
+                                 "are decoded with it (divided by data.scale_factor) into images; default: the "
+                                 "config's data.vae (a run's own config records the VAE it trained with)")
     p.add_argument("--weights", default="ema", choices=["ema", "raw"])
     p.add_argument("--method", default="euler", choices=list(METHODS),
                    help="euler/heun: fixed grid; sde: SiT's Euler-Maruyama sampler; dopri5: adaptive ODE (torchdiffeq)")
@@ -220,14 +221,24 @@ def _sample(a) -> Path:
     model, cfg, shape, meta = weights.load_model(path, a.weights, given)
     model.to(dist.device)
     vae = vae_id = None
-    if a.vae:
+    vae_name = a.vae
+    if vae_name is None and cfg.data.name == "latents":
+        if not cfg.data.vae:
+            raise ValueError(f"this model generates VAE latents ({shape[0]} channels) and its config names no "
+                             "data.vae; pass --vae NAME_OR_FOLDER, the VAE its latents were made with, to decode "
+                             "them into images")
+        vae_name = cfg.data.vae
+        log.info("decoding the latents with the config's data.vae, %s (--vae chooses another)", vae_name)
+    if vae_name:
         from rfengine.data.vae import load_vae, vae_identity
-        vae = load_vae(a.vae, None, dist.device)
+        try:
+            vae = load_vae(vae_name, None, dist.device)
+        except ValueError as e:
+            if a.vae:
+                raise
+            raise ValueError(f"the config's data.vae does not load: {e}; pass --vae NAME_OR_FOLDER, the VAE the "
+                             "latents were made with (a local folder on a machine without network)") from None
         vae_id = vae_identity(vae)["sha256"]
-    elif cfg.data.name == "latents":
-        raise ValueError(f"this model generates VAE latents ({shape[0]} channels); pass --vae NAME_OR_FOLDER, the "
-                         f"VAE its latents were made with (its config says data.vae: {cfg.data.vae or '?'!s}), "
-                         "to decode them into images")
     step = int(meta["step"]) if meta.get("step", -1) >= 0 else None
     out = output_folder(a.run, path, a.out)
     stem = sample_stem(a, step)
@@ -264,7 +275,7 @@ def _sample(a) -> Path:
     if dist.is_main:
         first, nfe = shards.merge(parts, plan, npz, labels is not None)
         save_grid(torch.from_numpy(first).permute(0, 3, 1, 2).float() / 127.5 - 1, out / f"{stem}.png", nrow=10)
-        storage.write_json(meta_path, {**settings, "world": dist.world, "vae": a.vae,
+        storage.write_json(meta_path, {**settings, "world": dist.world, "vae": vae_name,
                                        "nfe_per_batch": nfe if a.method == "dopri5" else None})
         shards.remove_parts(parts)
         log.info("wrote %s (%d x %s uint8 NHWC%s), a grid and the settings (.json)", npz, a.count,

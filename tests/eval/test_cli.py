@@ -103,7 +103,9 @@ def test_evaluate_names_bad_inputs(tmp_path, capsys):
 
 def test_a_latent_model_is_decoded_with_its_vae_and_refused_without_one(tmp_path, capsys):
     """Released latent-model weights (SiT's format) with the ImageNet config: the latents are decoded with
-    --vae (a small random diffusers AutoencoderKL here) into uint8 images; without --vae, one line."""
+    --vae (a small random diffusers AutoencoderKL here) into uint8 images, or without it with the config's
+    data.vae (the same images); a config without data.vae, or one whose data.vae does not load, is refused
+    in one line that says to pass --vae."""
     diffusers = pytest.importorskip("diffusers")
     import torch
     from rfengine.models import build_model
@@ -118,8 +120,17 @@ def test_a_latent_model_is_decoded_with_its_vae_and_refused_without_one(tmp_path
     args = ["--ckpt", str(tmp_path / "sit.pt"), "--config", str(ROOT / "configs" / "imagenet256_fm.yaml"),
             "--set", "model.arch=DiT-T/4", "--set", "model.learn_sigma=true", "--set", "data.image_size=64",
             "--count", "3", "--steps", "2", "--cfg", "1.5", "--cfg-channels", "3"]
-    assert sample.sample_main([*args, "--out", str(tmp_path / "no")]) == 1
-    assert "pass --vae" in capsys.readouterr().err
+    assert sample.sample_main([*args, "--set", "data.vae=", "--out", str(tmp_path / "no")]) == 1
+    assert "names no data.vae; pass --vae" in capsys.readouterr().err
+    assert sample.sample_main([*args, "--set", f"data.vae={tmp_path / 'missing'}", "--out", str(tmp_path / "no")]) == 1
+    err = capsys.readouterr().err
+    assert "the config's data.vae does not load" in err and "missing" in err and "pass --vae" in err
     assert sample.sample_main([*args, "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "s")]) == 0
     with np.load(tmp_path / "s" / "samples_ema_euler2_cfg1.5_ch3_n3_seed0.npz") as f:
         assert f["arr_0"].shape == (3, 16, 16, 3) and f["arr_0"].dtype == np.uint8
+    assert sample.sample_main([*args, "--set", f"data.vae={tmp_path / 'vae'}", "--out", str(tmp_path / "cfg")]) == 0
+    with np.load(tmp_path / "s" / "samples_ema_euler2_cfg1.5_ch3_n3_seed0.npz") as a, \
+            np.load(tmp_path / "cfg" / "samples_ema_euler2_cfg1.5_ch3_n3_seed0.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])
+    meta = json.loads((tmp_path / "cfg" / "samples_ema_euler2_cfg1.5_ch3_n3_seed0.json").read_text())
+    assert meta["vae"] == str(tmp_path / "vae")
