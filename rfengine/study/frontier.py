@@ -101,8 +101,8 @@ def log_ratios(frontiers: dict, recipe: str, sampler: str, base: str, base_sampl
 
 def choose(frontiers: dict, recipes, baseline: str, seeds, budgets) -> dict:
     """Per budget: every recipe's best sampler, each recipe's paired change against the baseline (each side
-    with its best sampler), and the winner: the recipe with the lowest mean log ratio, the baseline itself
-    when none is below 0."""
+    with its best sampler), the challenger (the other recipe with the lowest mean log ratio, below 0 or
+    not) and the winner: the challenger when its mean log ratio is below 0, else the baseline itself."""
     missing = [f"{r} s{s}" for r in recipes for s in seeds if (r, s) not in frontiers]
     if missing:
         raise RuntimeError(f"the frontier choice needs every selection score; missing: {', '.join(missing)}")
@@ -119,9 +119,19 @@ def choose(frontiers: dict, recipes, baseline: str, seeds, budgets) -> dict:
                          "per_seed": lr})
         top = min(rows, key=lambda row: row["mean_log_ratio"]) if rows else None
         winner = top["recipe"] if top is not None and top["mean_log_ratio"] < 0 else baseline
-        out[b] = {"winner": winner, "samplers": {r: best[r]["sampler"] for r in recipes},
+        out[b] = {"winner": winner, "challenger": top["recipe"] if top is not None else None, "samplers": {r: best[r]["sampler"] for r in recipes},
                   "mean_log_fd": {r: best[r]["mean_log_fd"] for r in recipes}, "rows": rows}
     return out
+
+
+def confirm_set(selection: dict) -> list:
+    """The recipes a frozen selection (`select`'s file: baseline, budgets -> a `choose` result) confirms:
+    the baseline, then each budget's challenger (its winner, or, where the baseline won, the recipe that
+    came closest), so that every budget's answer is measured on the confirmation seeds, a loss included."""
+    budgets = selection["budgets"].values()
+    closest = [c.get("challenger") or min(c["rows"], key=lambda r: r["mean_log_ratio"])["recipe"]
+               for c in budgets if c["rows"]]  # (a selection written before challengers were recorded)
+    return list(dict.fromkeys([selection["baseline"], *(c["winner"] for c in budgets), *closest]))
 
 
 def confirm_grid(chosen: dict, recipe: str, grid: dict) -> dict:

@@ -13,30 +13,30 @@ pct = lambda x: f"{100 * (math.exp(x) - 1):+.1f}%" if math.isfinite(x) else "n/a
 
 
 def confirmation(fr: dict, sel: dict, seeds, cost: dict) -> dict:
-    """budget -> the frozen winner and samplers, and on the confirmation seeds finished so far the paired
-    log FD ratio of the winner to the baseline (mean, 95% interval, per seed), the FDs and the step cost."""
+    """budget -> the frozen winner, challenger and samplers, and on the confirmation seeds finished so far
+    the paired log FD ratio of the challenger (the winner, or where the baseline won the recipe that came
+    closest) to the baseline (mean, 95% interval, per seed), the FDs and the step cost."""
     base, out = sel["baseline"], {}
     for b, c in sel["budgets"].items():
         win, samp = c["winner"], c["samplers"]
-        row = {"winner": win, "winner_sampler": samp[win], "baseline": base, "baseline_sampler": samp[base],
-               "step_cost_vs_baseline": cost[win] / cost[base], "selection": next(
-                   (r for r in c["rows"] if r["recipe"] == win), None)}
-        done = [s for s in seeds if (base, s) in fr and (win, s) in fr]
+        ch = win if win != base else (c.get("challenger") or min(c["rows"], key=lambda r: r["mean_log_ratio"])["recipe"])
+        row = {"winner": win, "winner_sampler": samp[win], "challenger": ch, "challenger_sampler": samp[ch],
+               "baseline": base, "baseline_sampler": samp[base], "step_cost_vs_baseline": cost[ch] / cost[base],
+               "selection": next((r for r in c["rows"] if r["recipe"] == ch), None)}
+        done = [s for s in seeds if (base, s) in fr and (ch, s) in fr]
         row["fd_baseline"] = {str(s): fr[(base, s)]["by_budget"][b][samp[base]] for s in done}
-        row["fd_winner"] = {str(s): fr[(win, s)]["by_budget"][b][samp[win]] for s in done}
-        if win == base:
-            row.update(confirm_seeds=done, per_seed=None, mean_log_ratio=None, ci95=None,
-                       verdict=f"no recipe beat {base} on the selection seeds; {base} with {samp[base]}")
-        elif done:
-            r = frontier.log_ratios(fr, win, samp[win], base, samp[base], done, b)
+        row["fd_challenger"] = {str(s): fr[(ch, s)]["by_budget"][b][samp[ch]] for s in done}
+        lead = (f"{win} won on the selection seeds" if win != base
+                else f"no recipe beat {base} on the selection seeds; {ch} came closest")
+        if done:
+            r = frontier.log_ratios(fr, ch, samp[ch], base, samp[base], done, b)
             m, lo, hi = stats.t_interval(r)
-            row.update(confirm_seeds=done, per_seed=r, mean_log_ratio=m, ci95=[lo, hi],
-                       complete=done == list(seeds),
-                       verdict=f"{win} ({samp[win]}) vs {base} ({samp[base]}): "
+            row.update(confirm_seeds=done, per_seed=r, mean_log_ratio=m, ci95=[lo, hi], complete=done == list(seeds),
+                       verdict=f"{lead}; confirmation, {ch} ({samp[ch]}) vs {base} ({samp[base]}): "
                                + stats.verdict(m, lo, hi, base=base))
         else:
-            row.update(confirm_seeds=[], per_seed=None, mean_log_ratio=None, ci95=None,
-                       verdict=f"{win} chosen on the selection seeds; confirmation not run yet")
+            row.update(confirm_seeds=[], per_seed=None, mean_log_ratio=None, ci95=None, complete=False,
+                       verdict=f"{lead}; confirmation not run yet")
         out[b] = row
     return out
 
@@ -58,17 +58,20 @@ def tables(summary: dict) -> str:
             lines.append(f"| {b} | {r['recipe']}{mark} | {r['sampler']} | {pct(r['mean_log_ratio'])} "
                          f"[{pct(r['ci95'][0])}, {pct(r['ci95'][1])}] | {', '.join(pct(x) for x in r['per_seed'])} |")
     lines += ["", f"## Confirmation seeds {p['confirm_seeds']} (pretrained after the choices were frozen)", "",
-              "| budget | winner (sampler) | baseline (sampler) | FD baseline | FD winner | change [95% CI] | per seed "
-              "| step cost vs baseline |", "|---|---|---|---|---|---|---|---|"]
+              "| budget | winner | challenger (sampler) | baseline (sampler) | FD baseline | FD challenger | change "
+              "[95% CI] | per seed | step cost vs baseline |", "|---|---|---|---|---|---|---|---|---|"]
     for b, r in (summary.get("by_budget") or {}).items():
         fb = np.mean(list(r["fd_baseline"].values())) if r["fd_baseline"] else float("nan")
-        fw = np.mean(list(r["fd_winner"].values())) if r["fd_winner"] else float("nan")
+        fw = np.mean(list(r["fd_challenger"].values())) if r["fd_challenger"] else float("nan")
         ch = (f"{pct(r['mean_log_ratio'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]"
               if r["mean_log_ratio"] is not None else "n/a")
         per = ", ".join(pct(x) for x in r["per_seed"]) if r["per_seed"] else ""
-        lines.append(f"| {b} | {r['winner']} ({r['winner_sampler']}) | {r['baseline']} ({r['baseline_sampler']}) | "
+        lines.append(f"| {b} | {r['winner']} | {r['challenger']} ({r['challenger_sampler']}) | {r['baseline']} "
+                     f"({r['baseline_sampler']}) | "
                      f"{fb:.2f} | {fw:.2f} | {ch} | {per} | {r['step_cost_vs_baseline']:.2f}x |")
-    lines += ["", "Step cost: CPU seconds per training step, measured side by side at calibration "
+    lines += ["", "The challenger is the winner, or, where no recipe beat the baseline on the selection seeds, the "
+                  "recipe that came closest: its change says by how much the baseline wins.", "",
+              "Step cost: CPU seconds per training step, measured side by side at calibration "
                   "(`calibration.json`); every recipe trained for the same CPU seconds.", ""]
     return "\n".join(lines)
 
@@ -103,7 +106,7 @@ def write_report(summary: dict, out: Path) -> None:
                p["recipes"])]
     if sel and summary.get("by_budget") and any(r["confirm_seeds"] for r in summary["by_budget"].values()):
         panels.append((f"confirmation seeds {p['confirm_seeds']}: frozen samplers", p["confirm_seeds"],
-                       sel["confirm_recipes"]))
+                       frontier.confirm_set(sel)))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), sharey=True, squeeze=False)
     colors = {r: f"C{i % 10}" for i, r in enumerate(p["recipes"])}
     for ax, (title, seeds, recipes) in zip(axes[0], panels):

@@ -100,13 +100,13 @@ def select(out: Path, recipes, baseline: str, seeds, budgets) -> dict:
     if not path.is_file():
         fr = {k: v for k, v in frontiers(out).items() if k[1] in seeds}
         chosen = frontier.choose(fr, recipes, baseline, list(seeds), budgets)
-        confirm = list(dict.fromkeys([baseline, *(c["winner"] for c in chosen.values())]))
-        runs.write_json(path, {"baseline": baseline, "budgets": chosen, "confirm_recipes": confirm,
-                               "seeds": list(seeds),
+        sel = {"baseline": baseline, "budgets": chosen}
+        runs.write_json(path, {**sel, "confirm_recipes": frontier.confirm_set(sel), "seeds": list(seeds),
                                "rule": "per budget: each recipe's sampler setting with the lowest mean log FD on "
-                                       "the selection seeds; the winner is the recipe with the lowest mean "
-                                       "log(FD/FD_baseline), each with its own setting (the baseline if none is "
-                                       "below 0)"})
+                                       "the selection seeds; the challenger is the other recipe with the lowest "
+                                       "mean log(FD/FD_baseline), each with its own setting, and the winner is "
+                                       "the challenger if that is below 0, else the baseline; the confirmation "
+                                       "runs the baseline and every budget's challenger"})
     return json.loads(path.read_text())
 
 
@@ -150,8 +150,8 @@ def jobs(args, out: Path, cal: dict) -> dict:
 
 
 def confirm_if_chosen(out: Path, recipe: str, seed: int, *rest) -> dict | None:
-    """`confirm_job` for a recipe the frozen selection confirms; nothing for the others."""
-    if recipe not in json.loads((out / "selection.json").read_text())["confirm_recipes"]:
+    """`confirm_job` for a recipe the frozen selection confirms (`frontier.confirm_set`); nothing for the others."""
+    if recipe not in frontier.confirm_set(json.loads((out / "selection.json").read_text())):
         return None
     return confirm_job(out, recipe, seed, *rest)
 

@@ -37,6 +37,7 @@ def test_choice_uses_each_recipes_best_sampler_and_falls_back_to_the_baseline():
     # at 20 calls FC's best (heun10 14.0/14.5) loses to the baseline's best (heun10 12/13), though it wins
     # against the baseline's Euler 20: the comparison is best against best
     assert chosen["20"]["samplers"] == {"base": "heun-10", "fc": "heun-10"} and chosen["20"]["winner"] == "base"
+    assert chosen["6"]["challenger"] == chosen["20"]["challenger"] == "fc"
     with pytest.raises(RuntimeError, match="fc s1"):
         frontier.choose({k: v for k, v in fr.items() if k != ("fc", 1)}, ["base", "fc"], "base", [0, 1], [6])
     grid = frontier.settings((6, 20), methods=("euler", "heun"), shifts=(1.0,))
@@ -54,7 +55,21 @@ def test_choice_uses_each_recipes_best_sampler_and_falls_back_to_the_baseline():
     assert rows["6"]["per_seed"] == pytest.approx([math.log(21 / 30), math.log(24 / 32)])
     assert rows["6"]["confirm_seeds"] == [5, 6] and rows["6"]["complete"] is False
     assert rows["6"]["step_cost_vs_baseline"] == 1.5
-    assert rows["20"]["mean_log_ratio"] is None and "no recipe beat base" in rows["20"]["verdict"]
+    # where the baseline won, the recipe that came closest is still measured: by how much the baseline wins
+    assert rows["20"]["winner"] == "base" and rows["20"]["challenger"] == "fc"
+    assert rows["20"]["per_seed"] == pytest.approx([math.log(11 / 12), math.log(12 / 12.5)])
+    assert "no recipe beat base" in rows["20"]["verdict"] and "fc came closest" in rows["20"]["verdict"]
+
+
+def test_the_confirmation_runs_the_baseline_and_each_budgets_challenger():
+    row = lambda r, m: {"recipe": r, "mean_log_ratio": m}  # noqa: E731
+    budgets = {"4": {"winner": "base", "challenger": "a", "rows": [row("a", 0.1), row("b", 0.3)]},
+               "6": {"winner": "b", "challenger": "b", "rows": [row("a", 0.2), row("b", -0.1)]},
+               "20": {"winner": "base", "challenger": "c", "rows": [row("c", 0.05), row("a", 0.4)]}}
+    assert frontier.confirm_set({"baseline": "base", "budgets": budgets}) == ["base", "b", "a", "c"]
+    # a selection file without challengers (written before they were recorded) gives the same set
+    old = {b: {k: v for k, v in c.items() if k != "challenger"} for b, c in budgets.items()}
+    assert frontier.confirm_set({"baseline": "base", "budgets": old}) == ["base", "b", "a", "c"]
 
 
 def test_quick_pipeline_leaves_every_artifact(tmp_path):
@@ -63,7 +78,8 @@ def test_quick_pipeline_leaves_every_artifact(tmp_path):
     argv = ["--quick", "--out", str(out), "--budgets", "2", "--confirm-seeds", "7"]
     summary = v4.run(v4.parse_args(argv))
     sel = json.loads((out / "selection.json").read_text())
-    assert set(sel["budgets"]) == {"2"} and sel["confirm_recipes"][0] == "fm_ln"
+    assert set(sel["budgets"]) == {"2"} and sel["confirm_recipes"] == frontier.confirm_set(sel)
+    assert sel["confirm_recipes"][0] == "fm_ln" and sel["budgets"]["2"]["challenger"] in sel["confirm_recipes"]
     names = {s["name"] for s in frontier.settings([2], ["euler", "heun"], [1.0, 2.0])["2"]}
     for s in (0, 1):  # selection: every recipe on the whole grid
         for r in sel["budgets"]["2"]["samplers"]:
