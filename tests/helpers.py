@@ -61,16 +61,17 @@ def losses(out_dir) -> dict[int, tuple[float, float]]:
     return {r["step"]: (r["loss"], r["grad_norm"]) for r in read_metrics(out_dir)}
 
 
-def tiny_vae(path, seed: int = 0):
+def tiny_vae(path, seed: int = 0, channels: tuple = (8, 8, 16, 16), layers_per_block: int = 1):
     """A diffusers AutoencoderKL with random weights saved to the folder `path` (returned): sd-vae-ft-ema's
     structure (four encoder/decoder blocks, 8x downsampling to 4 latent channels, scaling factor 0.18215),
-    only tiny. Needs diffusers (the `dev` extra)."""
+    only tiny: `channels` per block (multiples of 4) and `layers_per_block`. Needs diffusers (the `dev`
+    extra)."""
     import diffusers
     import torch
     torch.manual_seed(seed)
     vae = diffusers.AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=tuple(channels), layers_per_block=layers_per_block,
         latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=0.18215)
     vae.save_pretrained(path)
     return Path(path)
