@@ -36,9 +36,8 @@ def _check(compiled, device):
 
 
 @pytest.fixture(autouse=True)
-def _inductor_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "inductor"))
-    torch._dynamo.reset()
+def _inductor_cache(inductor_cache):
+    return inductor_cache
 
 
 def test_reference_ops_compile_fullgraph_on_cpu(monkeypatch):
