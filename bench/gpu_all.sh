@@ -11,7 +11,7 @@
 #                      latents, 40 steps, so that its switch (0.88: step 35) happens inside the run, every 4th step
 #                      logged (36, its first FC step, among them), under torch.cuda.set_sync_debug_mode("warn"):
 #                      the device syncs of every step that is not logged are counted (bench/sync_count.py)
-#   5 plan     (20 s)  the planner's predicted peak memory for the ladder's runs
+#   5 plan     (20 s)  the planner's predicted peak memory for the ladder's settings (those stage 3 ran)
 #   6 summary  (10 s)  summary.md: the stages (a stage that ran out of its budget says so), the measurements
 #                      against the goals
 # Files (at most 8, 1 folder deep, so that the folder can be carried back whole) go to $OUT when set, else
@@ -101,7 +101,7 @@ if [ "$DRY" = 1 ]; then
 else
     plan_args=(--set model.arch=SiT-B/2 --set data.name=synthetic --set train.batch_size=256 --set data.image_size=32)
 fi
-timeout "$(budget 20)" python bench/gpu_summary.py plan --out "$dir/plan.json" -- "${plan_args[@]}"
+timeout "$(budget 20)" python bench/gpu_summary.py plan --out "$dir/plan.json" "${ladder[@]}" -- "${plan_args[@]}"
 rc=$?; record $rc; echo "plan exit $rc"
 
 stage "6 summary" 10
