@@ -255,7 +255,8 @@ def check_score(res: dict, sha: str) -> dict:
 
 
 def rehearse(w: Path) -> dict:
-    """Every stage in order in the work folder `w`; returns what each produced."""
+    """Every stage in the work folder `w`, in order but for the plan and the reference (run in the background
+    until their results are needed); returns what each produced."""
     w.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     seconds = {}
