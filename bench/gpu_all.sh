@@ -11,7 +11,7 @@
 #                      latents, 40 steps, so that its switch (0.88: step 35) happens inside the run, every 4th step
 #                      logged (36, its first FC step, among them), under torch.cuda.set_sync_debug_mode("warn"):
 #                      the device syncs of every step that is not logged are counted (bench/sync_count.py)
-#   5 plan     (20 s)  the planner's predicted peak memory for the ladder's runs
+#   5 plan     (20 s)  the planner's predicted peak memory for the ladder's settings (those stage 3 ran)
 #   6 summary  (10 s)  summary.md: the stages (a stage that ran out of its budget says so), the measurements
 #                      against the goals
 # Files (at most 8, 1 folder deep, so that the folder can be carried back whole) go to $OUT when set, else
@@ -62,6 +62,7 @@ rc=$?; record $rc; echo "kernel tests exit $rc"; tail -n 3 "$dir/kernel_tests.tx
 stage "2 bench" 120
 if [ "$DRY" = 1 ]; then  # the cases summary.md's goals read: fused ADR forward, FC forward+backward, copy
     sel=(-k "cifar32 and fp32 and (adr_euler and fused and fwd and not fwdbwd or fc_weighted and fwdbwd and (fused or eager)) or copy")
+    export RFENGINE_BENCH_ROUNDS=1  # interpreted kernels: one timed round each fills the files
 else
     sel=(-k "latent256 or copy")
 fi
@@ -101,7 +102,7 @@ if [ "$DRY" = 1 ]; then
 else
     plan_args=(--set model.arch=SiT-B/2 --set data.name=synthetic --set train.batch_size=256 --set data.image_size=32)
 fi
-timeout "$(budget 20)" python bench/gpu_summary.py plan --out "$dir/plan.json" -- "${plan_args[@]}"
+timeout "$(budget 20)" python bench/gpu_summary.py plan --out "$dir/plan.json" "${ladder[@]}" -- "${plan_args[@]}"
 rc=$?; record $rc; echo "plan exit $rc"
 
 stage "6 summary" 10

@@ -1,7 +1,7 @@
 """The last stages of bench/gpu_all.sh.
 
-    python bench/gpu_summary.py plan --out plan.json -- --set model.arch=SiT-B/2 ...
-        the planner's prediction for each setting of the trainer ladder (bench/train_check.py)
+    python bench/gpu_summary.py plan --out plan.json [--variants bf16,bf16_compile] -- --set model.arch=SiT-B/2 ...
+        the planner's prediction for each setting of the trainer ladder (bench/train_check.py) that ran
     python bench/gpu_summary.py summary --dir RESULTS
         summary.md: kernel benchmarks (bench/report.py), the ladder, the planner against the measured
         peak memory, and every goal with its measured value and a verdict (or "not measured")
@@ -28,15 +28,15 @@ GOALS = {
 }
 
 
-def plan_ladder(out: Path, overrides: list[str]) -> None:
+def plan_ladder(out: Path, overrides: list[str], names: list[str]) -> None:
+    """plan.json: the planner's prediction for each of the ladder's settings `names` (bench/train_check.py's
+    VARIANTS), with the config `overrides` ('--set', 'key=value', ...)."""
     from bench.train_check import VARIANTS
     from rfengine import config, plan
     sets = [o for o in overrides if o != "--set"]
     result = {}
-    for name, extra in VARIANTS.items():
-        if name == "fp32":
-            continue
-        cfg = config.load(None, [*sets, *extra])
+    for name in names:
+        cfg = config.load(None, [*sets, *VARIANTS[name]])
         result[name] = plan.plan(cfg, 1, "H100")
     out.write_text(json.dumps(result, indent=1))
     for name, p in result.items():
@@ -180,9 +180,16 @@ def main(argv=None) -> int:
     p.add_argument("--log", help="main: the main job's log")
     p.add_argument("--rc", type=int, default=0, help="main: the main job's exit status")
     p.add_argument("--syncs", help="main: bench/sync_count.py's counts")
+    p.add_argument("--variants", help="plan: the ladder's settings that ran, comma-separated (bench/train_check.py "
+                                      "--variants; default: every setting but fp32)")
     a = p.parse_args(argv)
     if a.what == "plan":
-        plan_ladder(Path(a.out), extra)
+        from bench.train_check import VARIANTS
+        names = a.variants.split(",") if a.variants else [n for n in VARIANTS if n != "fp32"]
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            p.error(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+        plan_ladder(Path(a.out), extra, names)
     elif a.what == "main":
         syncs = Path(a.syncs) if a.syncs else None
         Path(a.out).write_text(json.dumps(main_job(Path(a.dir), Path(a.log), a.rc, syncs), indent=1))

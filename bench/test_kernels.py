@@ -3,7 +3,8 @@ forward, backward and both, at ImageNet-256 latent and CIFAR pixel shapes.
 
 Every case first checks numerical agreement with the eager reference, then times. Effective GB/s
 (from the minimal bytes the op must move) goes into extra_info; the group table's ratios compare
-the implementations. Run: pytest bench/ --benchmark-only [--benchmark-json out.json]
+the implementations. Run: pytest bench/ --benchmark-only [--benchmark-json out.json]; RFENGINE_BENCH_ROUNDS
+sets the timed rounds per case.
 """
 import os
 
@@ -63,7 +64,7 @@ def test_op(benchmark, op, shape_name, dtype_name, impl, pass_):
                 with torch.no_grad():
                     fwd(fn, leaf)
                 _sync()
-            benchmark.pedantic(run, rounds=_rounds(), iterations=1, warmup_rounds=2)
+            benchmark.pedantic(run, rounds=_rounds(), iterations=1, warmup_rounds=_warmup())
             nbytes = bytes_fwd
         elif pass_ == "bwd":
             def setup():
@@ -75,14 +76,14 @@ def test_op(benchmark, op, shape_name, dtype_name, impl, pass_):
             def run(s, x):
                 torch.autograd.grad(s, x)
                 _sync()
-            benchmark.pedantic(run, setup=setup, rounds=_rounds(), iterations=1, warmup_rounds=2)
+            benchmark.pedantic(run, setup=setup, rounds=_rounds(), iterations=1, warmup_rounds=_warmup())
             nbytes = bytes_bwd
         else:
             def run():
                 x = leaf.detach().requires_grad_(True)
                 torch.autograd.grad(scalar(fwd(fn, x)), x)
                 _sync()
-            benchmark.pedantic(run, rounds=_rounds(), iterations=1, warmup_rounds=2)
+            benchmark.pedantic(run, rounds=_rounds(), iterations=1, warmup_rounds=_warmup())
             nbytes = bytes_fwd + bytes_bwd
     if benchmark.stats is None:  # --benchmark-disable: the case ran once, as a smoke test
         return
@@ -104,8 +105,14 @@ def _agreement(op, fwd, fn, leaf, kernel_backend) -> float:
     return max(((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item() for a, b in zip(got, ref))
 
 
-def _rounds():
-    return 100 if CUDA else 5
+def _rounds() -> int:
+    """Timed rounds per case: RFENGINE_BENCH_ROUNDS, else 100 on a GPU and 5 on CPU (gpu_all.sh's dry run times
+    one: its numbers only fill the files)."""
+    return int(os.environ.get("RFENGINE_BENCH_ROUNDS", 100 if CUDA else 5))
+
+
+def _warmup() -> int:
+    return 2 if _rounds() > 1 else 0
 
 
 def test_copy_bandwidth(benchmark):
@@ -118,7 +125,7 @@ def test_copy_bandwidth(benchmark):
     def run():
         dst.copy_(src)
         _sync()
-    benchmark.pedantic(run, rounds=_rounds() * 2, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(run, rounds=_rounds() * 2, iterations=1, warmup_rounds=_warmup())
     if benchmark.stats is None:
         return
     benchmark.extra_info.update(min_bytes=2 * n * 4, gbps=2 * n * 4 / benchmark.stats.stats.mean / 1e9,

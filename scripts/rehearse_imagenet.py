@@ -13,7 +13,8 @@ What cannot be had offline is replaced by a stand-in with the real interface:
   SHA-256 (the published file's hash is the default; the stand-in is refused without it).
 Its numbers therefore mean nothing; what it proves is that the stages fit together and each one leaves the
 artifact the next one needs. Each stage checks that artifact, not only the exit code, and stops the script
-with one line naming what is wrong.
+with one line naming what is wrong. The plan (it reads only the config) and the reference file (it needs only
+the images) are made in the background while the latents are extracted and the model trains.
 
     python scripts/rehearse_imagenet.py [--work DIR]      # DIR defaults to a fresh temporary folder
 """
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's rfengine (and the suite's stand
 SYNSETS = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark
 PER_CLASS = 4
 SIZE = 64           # pixels: 8x8x4 latents through the VAE's 8x downsampling (ImageNet-256: 32x32x4)
-STEPS = 16          # training steps; the recipe switches to FC at 88% (step 14), so both phases run
+STEPS = 8           # training steps; the recipe switches to FC at 88% (step 7), so both phases run
 STOP_AFTER = 4      # SIGTERM once the metrics show this step
 SAMPLES = 4         # precision/recall's k = 3 needs 4 a side
 SAMPLE_FILE = f"samples_ema_step{STEPS}_sde4_cfg1.5_ch3_sigma1_lastmean0.04_n{SAMPLES}_seed0.npz"
@@ -154,8 +156,10 @@ def extract(w: Path, cmd: list[str]) -> dict:
     return meta
 
 
-def plan(cmd: list[str]) -> dict:
-    res = json.loads(run("plan", cmd))
+def plan(running: Future) -> dict:
+    """Waits for the plan stage's command, `running` in the background (it reads only the config), then checks
+    the plan it printed."""
+    res = json.loads(running.result())
     check(res["gpus"] == 2 and res["peak_bytes"] < res["usable_bytes"] and res["switch_step"] == int(0.88 * STEPS)
           and res["train_steps"] == STEPS, f"plan: unexpected plan {res}")
     return res
@@ -219,8 +223,10 @@ def sample(w: Path, cmd: list[str], vae_sha: str) -> Path:
     return npz
 
 
-def reference(w: Path, cmd: list[str], sha: str) -> Path:
-    run("reference", cmd, sha)
+def reference(w: Path, running: Future) -> Path:
+    """Waits for the reference stage's command, `running` in the background (it needs only the images and the
+    Inception weights, so it runs while the model is trained and sampled), then checks its file."""
+    running.result()
     ref = w / "imagenet64_ref.npz"
     with np.load(ref) as f:
         check(f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048) and f["mu_s"].shape == (2023,)
@@ -231,7 +237,12 @@ def reference(w: Path, cmd: list[str], sha: str) -> Path:
 
 def score(w: Path, cmd: list[str], sha: str, samples: Path) -> dict:
     run("score", cmd, sha)
-    res = json.loads(samples.with_name(samples.stem + "_fd_inception.json").read_text())
+    return check_score(json.loads(samples.with_name(samples.stem + "_fd_inception.json").read_text()), sha)
+
+
+def check_score(res: dict, sha: str) -> dict:
+    """The score stage's checks of `evaluate fd`'s result `res` (its JSON), made with the Inception weights of
+    SHA-256 `sha`; returns `res`."""
     check(all(np.isfinite(res[k]) and res[k] >= 0 for k in ("fid", "sfid", "inception_score"))
           and 0 <= res["precision"] <= 1 and 0 <= res["recall"] <= 1, f"score: metrics missing or not finite: {res}")
     stats = res["statistics"]["fid"]
@@ -244,7 +255,8 @@ def score(w: Path, cmd: list[str], sha: str, samples: Path) -> dict:
 
 
 def rehearse(w: Path) -> dict:
-    """Every stage in order in the work folder `w`; returns what each produced."""
+    """Every stage in the work folder `w`, in order but for the plan and the reference (run in the background
+    until their results are needed); returns what each produced."""
     w.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     seconds = {}
@@ -256,11 +268,14 @@ def rehearse(w: Path) -> dict:
         return out
     sha = timed("stand-ins", make_standins, w)
     cmds = commands(w)
-    meta = timed("extract", extract, w, cmds["extract"])
-    timed("plan", plan, cmds["plan"])
-    rows = timed("train", train, w, cmds["train"])
-    samples = timed("sample", sample, w, cmds["sample"], meta["vae_sha256"])
-    ref = timed("reference", reference, w, cmds["reference"], sha)
+    with ThreadPoolExecutor(2) as background:  # the stages that need only the config, or the images
+        planning = background.submit(run, "plan (in the background)", cmds["plan"])
+        making_ref = background.submit(run, "reference (in the background)", cmds["reference"], sha)
+        meta = timed("extract", extract, w, cmds["extract"])
+        timed("plan", plan, planning)
+        rows = timed("train", train, w, cmds["train"])
+        samples = timed("sample", sample, w, cmds["sample"], meta["vae_sha256"])
+        ref = timed("reference", reference, w, making_ref)
     res = timed("score", score, w, cmds["score"], sha, samples)
     total = time.monotonic() - t0
     print(f"\nrehearsal passed in {total:.0f} s ({', '.join(f'{k} {v} s' for k, v in seconds.items())}): FID "

@@ -21,6 +21,17 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def inductor_cache(tmp_path_factory, monkeypatch):
+    """One torch.compile cache folder for the whole session (TORCHINDUCTOR_CACHE_DIR), fresh for each session:
+    a test that compiles a graph another test compiled before reuses its C++ build instead of running the
+    compiler again (each build takes seconds on a small CPU), and dynamo starts from a reset."""
+    path = tmp_path_factory.getbasetemp() / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(path))
+    torch._dynamo.reset()
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _no_stale_log_handlers():
     """A command run in-process (`main([...])`) installs rfengine's stderr and log.txt handlers on the root

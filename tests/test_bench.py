@@ -7,8 +7,8 @@ import sys
 from tests.helpers import ROOT
 
 
-def test_bench_suite_smoke(tmp_path):
-    env = {**os.environ, "TRITON_INTERPRET": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+def test_bench_suite_smoke(inductor_cache):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench/test_kernels.py",
                         "-k", "cifar32 and fp32 and fwdbwd or copy", "--benchmark-disable"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

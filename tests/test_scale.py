@@ -33,9 +33,7 @@ def test_activation_checkpointing_keeps_loss_and_gradients(ac):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_per_block_compile_keeps_loss_and_gradients(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    torch._dynamo.reset()
+def test_per_block_compile_keeps_loss_and_gradients(inductor_cache):
     base_loss, base_grads = _loss_and_grads(name="fm")
     loss, grads = _loss_and_grads(compiled=True, ac="full", name="fm")
     torch.testing.assert_close(loss, base_loss, rtol=1e-5, atol=1e-6)
@@ -43,14 +41,12 @@ def test_per_block_compile_keeps_loss_and_gradients(tmp_path, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_partial_rollout_under_compile_does_not_recompile_per_subset_size(tmp_path, monkeypatch):
+def test_partial_rollout_under_compile_does_not_recompile_per_subset_size(inductor_cache):
     """A ramped adr.prob (0.5 of a 16-sample batch reached over 5 steps: 2, 3, 5, 6, 8, 8 rolled samples)
     sends a different number of samples through the model every step; the objective has the model mark
     its batch dimension dynamic from the first step, so the first step's graphs (training forward and the
     rollout's inference forward) serve every later size."""
     from torch._dynamo.utils import counters
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
     model = build_model("DiT-T/4", in_channels=1, input_size=16, num_classes=10)

@@ -85,18 +85,47 @@ def test_estimate_matches_a_real_checkpoint(tmp_path):
 # Mid-run faults: one clear error, no temporaries, exact resume
 # ---------------------------------------------------------------------------------------------
 
-def test_disk_fills_mid_run_then_resume_is_exact(tmp_path, straight):
+def _launch(nproc: int, out, *extra: str, env: dict | None = None, mode: str = "ddp"):
+    """`RUN` into `out` on `nproc` processes (`runs.launch`)."""
+    return runs.launch(nproc, out, *extra, env=env, mode=mode, run=RUN[len(runs.RUN):])
+
+
+def _stops_when_the_checkpoint_folder_turns_read_only(nproc: int, mode: str, out) -> None:
+    """A real read-only folder mid-run: `--resume auto` (a fresh run, or one resumed from step 4) with the
+    checkpoints folder bind-mounted read-only over itself at step 7, well after the step-4 write is done. Every
+    process stops with one line naming the step-8 checkpoint, `Read-only file system` and the step-4
+    checkpoint, and no temporary file is left; the folder is writable again afterwards."""
+    try:
+        r = _launch(nproc, out, "--resume", "auto", env={"RFENGINE_FAULT": "read_only_dir@7"}, mode=mode)
+        if "fault read_only_dir: cannot mount" in r.stderr:
+            why = next(x for x in r.stderr.splitlines() if "cannot mount" in x)
+            pytest.skip(f"{why}; the injected EROFS test covers read-only folders")
+        assert r.returncode != 0
+        assert r.stderr.count("rfengine: error: writing") == nproc, r.stderr[-3000:]
+        line = next(x for x in r.stderr.splitlines() if x.startswith("rfengine: error:"))
+        assert "step_00000008" in line and "Read-only file system" in line and "step_00000004" in line, line
+    finally:
+        subprocess.run(["umount", str(out / "checkpoints")], capture_output=True)
+    assert _no_temporaries(out)
+
+
+def test_disk_fills_then_the_folder_turns_read_only_then_resume_is_exact(tmp_path, straight):
+    """One process, two storage faults one after the other on one run folder (a 16 MB tmpfs), each resumed
+    from the checkpoint its error line names: the disk fills up at step 5, so the step-8 checkpoint meets `No
+    space left on device`; once the filler is gone, the resumed run finds its checkpoints folder read-only
+    (`_stops_when_the_checkpoint_folder_turns_read_only`); once writable again, the run resumed a second time
+    logs the losses of a run that was never stopped, bit for bit."""
     with tmpfs(tmp_path / "fs", "16m") as mnt:
         out = mnt / "run"
-        args = ["--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}")]
-        r = train_cli(*args, env={"RFENGINE_FAULT": "fill_disk@5"})
+        r = _launch(1, out, env={"RFENGINE_FAULT": "fill_disk@5"})
         assert r.returncode == 1, r.stderr[-3000:]
         line = _one_error_line(r.stderr)
         assert "step_00000008.pt failed: No space left on device" in line, line
         assert "the last complete checkpoint is" in line and "step_00000004.pt (step 4)" in line
         assert "--resume auto" in line and _no_temporaries(out)
         (out / "filler").unlink()
-        r = train_cli(*args, "--resume", "auto")
+        _stops_when_the_checkpoint_folder_turns_read_only(1, "ddp", out)
+        r = _launch(1, out, "--resume", "auto")
         assert r.returncode == 0, r.stderr[-3000:]
         got, want = losses(out), losses(straight(1))
         assert [got[s] for s in range(1, STEPS + 1)] == [want[s] for s in range(1, STEPS + 1)]
@@ -142,33 +171,6 @@ def test_vanished_checkpoint_folder_is_an_error_not_recreated(tmp_path, nproc):
     assert "step_00000008.pt failed: No such file or directory: the folder" in line and "was removed" in line
     assert "no complete checkpoint was written yet" in line
     assert not (out / "checkpoints").exists()
-
-
-@pytest.mark.parametrize("nproc,mode", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
-def test_checkpoint_folder_turns_read_only_then_resume_is_exact(tmp_path, nproc, mode, straight):
-    """A real read-only folder mid-run (the checkpoints folder bind-mounted read-only over itself at
-    step 7, well after the step-4 background write is done): every process stops with one line naming the step-8 checkpoint, `Read-only file
-    system` and the step-4 checkpoint; once writable again, `--resume auto` gives the losses of a
-    run that was never stopped, bit for bit."""
-    def launch(out, *extra, env=None):
-        args = ["--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}"), *extra]
-        return train_cli(*args, env=env) if nproc == 1 else torchrun(2, *args, env=env, timeout=240)
-    out = tmp_path / "run"
-    try:
-        r = launch(out, env={"RFENGINE_FAULT": "read_only_dir@7"})
-        if "fault read_only_dir: cannot mount" in r.stderr:
-            why = next(x for x in r.stderr.splitlines() if "cannot mount" in x)
-            pytest.skip(f"{why}; the injected EROFS test covers read-only folders")
-        assert r.returncode != 0
-        assert r.stderr.count("rfengine: error: writing") == nproc, r.stderr[-3000:]
-        line = next(x for x in r.stderr.splitlines() if x.startswith("rfengine: error:"))
-        assert "step_00000008" in line and "Read-only file system" in line and "step_00000004" in line, line
-    finally:
-        subprocess.run(["umount", str(out / "checkpoints")], capture_output=True)
-    assert _no_temporaries(out)
-    r = launch(out, "--resume", "auto")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert losses(out) == losses(straight(nproc, mode))
 
 
 def test_two_process_metrics_write_failure_stops_every_process(tmp_path):
@@ -240,22 +242,26 @@ def test_two_processes_disk_full_stops_every_process(tmp_path, mode):
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_processes_export_on_a_full_disk_then_resume(tmp_path, mode):
-    """The disk fills just before the EMA export (gathered from every process under FSDP): both
-    processes stop with one line naming ema.safetensors and the final checkpoint; once space is
-    freed, `--resume auto` writes the export (the run's weights are all in that checkpoint)."""
+def test_two_processes_read_only_folder_then_export_on_a_full_disk_then_resume(tmp_path, mode, straight):
+    """Two processes, two storage faults one after the other on one run folder (a 24 MB tmpfs), each resumed
+    by `--resume auto`: the checkpoints folder turns read-only mid-run (`_stops_when_the_checkpoint_folder_turns_read_only`);
+    once writable again, the resumed run logs the losses of a run that was never stopped, bit for bit, and
+    then the disk fills just before its EMA export (gathered from every process under FSDP): both processes
+    stop with one line naming ema.safetensors and the final checkpoint; once space is freed, `--resume auto`
+    writes the export (the run's weights are all in that checkpoint)."""
     with tmpfs(tmp_path / "fs", "24m") as mnt:
         out = mnt / "run"
-        args = ["--config", "configs/tiny_fm.yaml", *set_args(*RUN, f"train.out_dir={out}", f"parallel.mode={mode}")]
-        r = torchrun(2, *args, env={"RFENGINE_FAULT": f"fill_disk_export@{STEPS}"}, timeout=240)
+        _stops_when_the_checkpoint_folder_turns_read_only(2, mode, out)
+        r = _launch(2, out, "--resume", "auto", env={"RFENGINE_FAULT": f"fill_disk_export@{STEPS}"}, mode=mode)
         assert r.returncode != 0
         assert r.stderr.count("rfengine: error: writing") == 2, r.stderr[-3000:]
         line = next(x for x in r.stderr.splitlines() if x.startswith("rfengine: error:"))
         assert "ema.safetensors failed: No space left on device" in line, line
         assert f"step_{STEPS:08d}" in line
+        assert losses(out) == losses(straight(2, mode))
         assert not (out / "ema.safetensors").exists() and _no_temporaries(out)
         (out / "filler").unlink()
-        r = torchrun(2, *args, "--resume", "auto", timeout=240)
+        r = _launch(2, out, "--resume", "auto", mode=mode)
         assert r.returncode == 0, r.stderr[-3000:]
         assert (out / "ema.safetensors").is_file() and _no_temporaries(out)
 

@@ -9,6 +9,8 @@ import torch
 import kernels
 from tests.kernels.inputs import adr_step_inputs
 
+pytestmark = pytest.mark.usefixtures("inductor_cache")  # the session's compile cache, dynamo reset
+
 
 def hot_path(xhat, v, h, x0, x1, t, pred, target):
     xn, uhat, dx, sq = kernels.adr_euler_step(xhat, v, h, x0=x0, x1=x1, t=t)
@@ -33,12 +35,6 @@ def _check(compiled, device):
     (g_comp,) = torch.autograd.grad(out, args[-2])
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_comp, g_eager, rtol=1e-5, atol=1e-7)
-
-
-@pytest.fixture(autouse=True)
-def _inductor_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "inductor"))
-    torch._dynamo.reset()
 
 
 def test_reference_ops_compile_fullgraph_on_cpu(monkeypatch):

@@ -71,15 +71,13 @@ def test_bad_schedules_are_config_errors(extra, match):
         _cfg(*extra)
 
 
-def test_switch_under_compile_costs_at_most_one_recompile(tmp_path, monkeypatch):
+def test_switch_under_compile_costs_at_most_one_recompile(inductor_cache):
     """Per-block compile: the FM phase compiles one graph; the switch to ReflexFlow adds one, the
     rollout's (inference mode is a different graph from a training forward, whatever the schedule),
     and nothing after. The scheduled objective has the model mark its batch dimension dynamic from
     the first step, so the concatenated clean + drifted batch needs no recompile; without that the
     switch cost two graphs (measured [1, 1, 1, 3, 3, 3, 3]; now [1, 1, 1, 2, 2, 2, 2])."""
     from torch._dynamo.utils import counters
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    torch._dynamo.reset()
     counters.clear()
     model, x1, y = _setup()
     cfg = _cfg("objective.start=3", steps=8)
