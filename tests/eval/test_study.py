@@ -10,6 +10,8 @@ import pytest
 
 from rfengine.study import calibration, runs, stats
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 
 

@@ -13,6 +13,8 @@ from rfengine.eval import DigitsFeatures
 from rfengine.study import runs, schedule, v3
 from tests.eval.conftest import copy_study
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_v3_quick_calibrates_every_run_and_pins_the_classifier(study_v3_quick):
     out = study_v3_quick
