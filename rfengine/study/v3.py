@@ -75,7 +75,7 @@ def parse_args(argv=None):
     if a.quick:
         a.baselines, a.fc_variants, a.select_seeds, a.confirm_seeds = ["fm", "fm_ln"], ["fc_input", "fc_self"], [0, 1], [2]
         a.adopt_from, a.ft_fm_steps, a.points, a.chunk, a.min_steps, a.max_steps, a.patience = "", 6, 2, 2, 2, 4, 1
-        a.plateau_samples, a.samples, a.sample_steps, a.tail_fm_steps = 16, 32, [2, 20], 2
+        a.plateau_samples, a.samples, a.sample_steps, a.tail_fm_steps = 16, 16, [2, 20], 2
     if "fm" not in a.baselines:
         p.error("--baselines must include fm (uniform-t FM is what every baseline is measured against)")
     if set(a.select_seeds) & set(a.confirm_seeds):
