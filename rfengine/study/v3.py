@@ -74,8 +74,8 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.quick:
         a.baselines, a.fc_variants, a.select_seeds, a.confirm_seeds = ["fm", "fm_ln"], ["fc_input", "fc_self"], [0, 1], [2]
-        a.adopt_from, a.ft_fm_steps, a.points, a.chunk, a.min_steps, a.max_steps, a.patience = "", 8, 2, 4, 4, 8, 1
-        a.plateau_samples, a.samples, a.sample_steps, a.tail_fm_steps = 32, 64, [2, 20], 4
+        a.adopt_from, a.ft_fm_steps, a.points, a.chunk, a.min_steps, a.max_steps, a.patience = "", 6, 2, 2, 2, 4, 1
+        a.plateau_samples, a.samples, a.sample_steps, a.tail_fm_steps = 16, 16, [2, 20], 2
     if "fm" not in a.baselines:
         p.error("--baselines must include fm (uniform-t FM is what every baseline is measured against)")
     if set(a.select_seeds) & set(a.confirm_seeds):
@@ -177,7 +177,7 @@ def jobs(args, out: Path, cal: dict) -> dict:
     steps, scorer = cal["finetune_steps"], {"samples": args.samples, "sample_steps": args.sample_steps,
                                             "classifier": str(out / CLASSIFIER)}
     if args.quick:  # the exposure-bias curve on fewer trajectories (the protocol's 256 otherwise)
-        scorer["bias_samples"] = 32
+        scorer["bias_samples"] = 16
     rule = {k: getattr(args, k) for k in ("chunk", "min_steps", "max_steps", "patience", "tol")}
     rule["samples"] = args.plateau_samples
     tail = {v: max(1, round(args.tail_fm_steps * cal["cpu_seconds_per_step"]["fm"] / c))

@@ -64,8 +64,8 @@ def parse_args(argv=None):
     p.set_defaults(samples=1000)
     if p.parse_args(argv).quick:  # tiny defaults; options given explicitly still win
         p.set_defaults(recipes=[BASELINE, "fc_input_heun2@fm_ln"], select_seeds=[0, 1], confirm_seeds=[2],
-                       adopt_from="", ft_fm_steps=4, points=1, chunk=4, min_steps=4, max_steps=4, patience=1,
-                       plateau_samples=32, samples=32, budgets=[2, 4], methods=["euler", "heun"])
+                       adopt_from="", ft_fm_steps=2, points=1, chunk=2, min_steps=2, max_steps=2, patience=1,
+                       plateau_samples=16, samples=16, budgets=[2, 4], methods=["euler", "heun"])
     a = p.parse_args(argv)
     if set(a.select_seeds) & set(a.confirm_seeds):
         p.error("--select-seeds and --confirm-seeds must not overlap")
@@ -123,7 +123,7 @@ def jobs(args, out: Path, cal: dict) -> dict:
     steps, grid = cal["finetune_steps"], grid_of(args)
     scorer = {"samples": args.samples, "sample_steps": [20], "classifier": str(out / CLASSIFIER)}
     if args.quick:
-        scorer["bias_samples"] = 32
+        scorer["bias_samples"] = 16
     rule = {k: getattr(args, k) for k in ("chunk", "min_steps", "max_steps", "patience", "tol")}
     rule["samples"] = args.plateau_samples
     out_jobs = {}

@@ -1,11 +1,13 @@
 """Shared fixtures of the evaluation and study tests: a stand-in for the FID Inception weights (the
 published file's format and keys, random values; the real file cannot be downloaded here), and the studies'
 quick pipelines, each run once per test session and shared by every test that reads it (a quick study takes a
-minute or more on 2 cores). A test that would change a study folder copies it first (`copy_study`)."""
+minute or more on 2 cores). A test that would change a study folder copies it first (`copy_study`). A test that
+runs a study's jobs in this process takes `one_thread`, as the studies' worker processes do."""
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from rfengine import storage
 from rfengine.eval import inception
@@ -16,6 +18,17 @@ def standin_weights(tmp_path_factory):
     """(path, sha256) of a random-weights file in the published format."""
     path = inception.save_random_weights(tmp_path_factory.mktemp("inception") / "standin-inception.pth")
     return path, storage.sha256_file(path)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, as in a study's worker process (`runs.init_worker`): the tiny study
+    models run far slower on two threads when the two cores are shared (a re-creation test took 110 s on two
+    threads, 12 s on one, beside a busy process). The thread count is restored after the test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_quick(tmp_path_factory, name: str, main) -> Path:

@@ -13,6 +13,8 @@ from rfengine.eval.features import DigitsFeatures, train_digits_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_shipped_classifier_is_study_v3s_pin_and_scores_its_recorded_accuracy():
     f = DigitsFeatures()

@@ -10,6 +10,8 @@ import pytest
 
 from rfengine.study import calibration, runs, stats
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 
 
@@ -88,7 +90,7 @@ def test_sampler_table_refits_missing_models_and_pairs_them_per_sampler(tmp_path
     runs.write_json(study / "calibration.json", {"finetune_steps": {"fm": 4, "fc_input": 2}})
     args = samplers.argparse.Namespace(study=str(study), out=str(tmp_path / "out"), seeds=[0, 1],
                                        variants=["fm", "fc_input"], samplers=["euler20", "sde50", "dopri5"],
-                                       samples=16)
+                                       samples=8)
     s = samplers.run(args)
     assert [r["sampler"] for r in s["rows"]] == ["euler20", "sde50", "dopri5"]
     assert all(len(r["per_seed"]) == 2 and math.isfinite(r["mean_log_ratio"]) for r in s["rows"])

@@ -4,6 +4,7 @@ the selection seeds before any FC variant is fine-tuned on top of it, the FC cho
 confirmation seeds are pretrained, the headline (variant vs baseline) and baseline_vs_fm with measured step
 costs and FLOP floors, regime (b) for both, and resume."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import torch
 from rfengine.eval import DigitsFeatures
 from rfengine.study import runs, schedule, v3
 from tests.eval.conftest import copy_study
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_v3_quick_calibrates_every_run_and_pins_the_classifier(study_v3_quick):
@@ -112,74 +115,77 @@ def test_the_baseline_is_fm_when_none_beats_it(tmp_path):
     assert chosen["baseline"] == "fm"
 
 
-def test_recreate_remakes_the_chunk_checkpoints_and_matches_the_committed_model(tmp_path):
+def seed_copy(study, tmp_path, seed: int = 0):
+    """A private copy of the quick study's pretraining of `seed` (plateau.json, pretrained.safetensors, its run
+    with the chunk checkpoints at steps 2 and 4, recreated.json), with the settings the study made it with:
+    (folder, plateau rule, learning rate, scorer arguments)."""
+    pre = tmp_path / "pretrain" / f"s{seed}"
+    shutil.copytree(study / "pretrain" / f"s{seed}", pre)
+    protocol = json.loads((study / "protocol.json").read_text())
+    plateau = json.loads((pre / "plateau.json").read_text())
+    assert plateau["stopped_at"] == 4 and plateau["rule"]["chunk"] == 2  # what the steps below assume
+    scorer = {"samples": protocol["samples"], "sample_steps": protocol["sample_steps"], "bias_samples": 16,
+              "classifier": str(study / v3.CLASSIFIER)}
+    return pre, plateau["rule"], protocol["lr"], scorer
+
+
+def test_recreate_remakes_the_chunk_checkpoints_and_matches_the_committed_model(study_v3_quick, tmp_path):
     """Regime (b) branches from chunk checkpoints that are not committed: `schedule.recreate` trains the seed's FM
     run again chunk by chunk and checks the result against the committed pretrained model, weight for weight."""
-    import shutil
-    pre = tmp_path / "pretrain" / "s0"
-    rule = {"chunk": 2, "min_steps": 2, "max_steps": 4, "patience": 1, "tol": 0.02, "samples": 16}
-    scorer = {"samples": 16, "sample_steps": [2], "bias_samples": 8}
-    state = runs.pretrain(0, pre, rule, 1e-3, scorer)
-    assert state["stopped_at"] == 4
+    pre, rule, lr, scorer = seed_copy(study_v3_quick, tmp_path)
     shutil.rmtree(pre / "run")  # another machine: the run folder was never committed
-    got = schedule.recreate(0, pre, rule, 1e-3, scorer)
+    (pre / "recreated.json").unlink()
+    got = schedule.recreate(0, pre, rule, lr, scorer)
     assert got["identical"] and got["max_abs_weight_diff"] == 0.0 and got["steps"] == 4
     assert got["fd20_recreated"] == got["fd20_original"]
     assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
-    assert schedule.recreate(0, pre, rule, 1e-3, scorer) == got  # done once, then read back
+    assert schedule.recreate(0, pre, rule, lr, scorer) == got  # done once, then read back
     shutil.rmtree(pre / "run")  # a committed recreated.json on a third machine: its checkpoints are made again
-    assert schedule.recreate(0, pre, rule, 1e-3, scorer) == got
+    assert schedule.recreate(0, pre, rule, lr, scorer) == got
     assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
 
 
-def test_recreate_to_the_branch_step_checks_it_against_the_pretraining_history(tmp_path):
+def test_recreate_to_the_branch_step_checks_it_against_the_pretraining_history(study_v3_quick, tmp_path):
     """A seed pretrained by this study: re-created only to the branch step (`tail` before the end), whose
     EMA scores exactly the FD@20 that plateau.json recorded there; a mismatch stops the job."""
-    import shutil
-    pre = tmp_path / "pretrain" / "s0"
-    rule = {"chunk": 2, "min_steps": 6, "max_steps": 6, "patience": 1, "tol": 0.02, "samples": 16}
-    scorer = {"samples": 16, "sample_steps": [2], "bias_samples": 8}
-    assert runs.pretrain(0, pre, rule, 1e-3, scorer)["stopped_at"] == 6
+    pre, rule, lr, scorer = seed_copy(study_v3_quick, tmp_path)
     shutil.rmtree(pre / "run")
-    got = schedule.recreate(0, pre, rule, 1e-3, scorer, tail=2)
-    assert got["steps"] == 4 and got["identical_fd"] and got["fd20_recreated"] == got["fd20_original"]
-    assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2, 4]
-    assert schedule.recreate(0, pre, rule, 1e-3, scorer, tail=2) == got  # then read back
+    (pre / "recreated.json").unlink()
+    got = schedule.recreate(0, pre, rule, lr, scorer, tail=2)
+    assert got["steps"] == 2 and got["identical_fd"] and got["fd20_recreated"] == got["fd20_original"]
+    assert [s for s, _ in runs.checkpoint.list_checkpoints(pre / "run" / "checkpoints")] == [2]
+    assert schedule.recreate(0, pre, rule, lr, scorer, tail=2) == got  # then read back
     with pytest.raises(ValueError, match="not a chunk checkpoint"):
-        schedule.recreate(0, pre, rule, 1e-3, scorer, tail=1)
+        schedule.recreate(0, pre, rule, lr, scorer, tail=1)
     plateau = json.loads((pre / "plateau.json").read_text())
-    plateau["history"][1]["fd20"] *= 1.5  # a history the re-creation does not reproduce
+    plateau["history"][0]["fd20"] *= 1.5  # a history the re-creation does not reproduce
     runs.write_json(pre / "plateau.json", plateau)
     (pre / "recreated.json").unlink()
-    with pytest.raises(RuntimeError, match="does not score as the original at step 4"):
-        schedule.recreate(0, pre, rule, 1e-3, scorer, tail=2)
-    plateau["history"][1]["fd20"] = got["fd20_original"] * 1.05  # a machine's difference, not a broken run
+    with pytest.raises(RuntimeError, match="does not score as the original at step 2"):
+        schedule.recreate(0, pre, rule, lr, scorer, tail=2)
+    plateau["history"][0]["fd20"] = got["fd20_original"] * 1.05  # a machine's difference, not a broken run
     runs.write_json(pre / "plateau.json", plateau)
-    near = schedule.recreate(0, pre, rule, 1e-3, scorer, tail=2)
+    near = schedule.recreate(0, pre, rule, lr, scorer, tail=2)
     assert not near["identical_fd"] and near["miss"] == pytest.approx(1 / 1.05 - 1)
-    assert near["branch_from"]["step"] == 4 and near["branch_from"]["fd20"] == got["fd20_recreated"]
+    assert near["branch_from"]["step"] == 2 and near["branch_from"]["fd20"] == got["fd20_recreated"]
 
 
-def test_a_branch_is_run_again_when_its_checkpoint_here_has_other_weights(tmp_path):
+def test_a_branch_is_run_again_when_its_checkpoint_here_has_other_weights(study_v3_quick, tmp_path):
     """Re-creations on different machines differ: a finished branch made from other weights than the
     checkpoint this machine holds is run again, and two branches pair only when they recorded one start."""
-    import shutil
-    pre = tmp_path / "pretrain" / "s0"
-    rule = {"chunk": 2, "min_steps": 6, "max_steps": 6, "patience": 1, "tol": 0.02, "samples": 16}
-    scorer = {"samples": 16, "sample_steps": [2], "bias_samples": 8}
-    assert runs.pretrain(0, pre, rule, 1e-3, scorer)["stopped_at"] == 6
-    first = schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, 1e-3, scorer)
-    again = schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, 1e-3, scorer)
-    assert again == first and first["branch_from"]["step"] == 4  # done once, then read back
+    pre, _, lr, scorer = seed_copy(study_v3_quick, tmp_path)
+    first = schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, lr, scorer)
+    again = schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, lr, scorer)
+    assert again == first and first["branch_from"]["step"] == 2  # done once, then read back
     assert schedule.same_start(first, again) and not schedule.same_start(first, {"branch_from": None})
-    ckpts = pre / "run" / "checkpoints"
-    shutil.copyfile(runs.checkpoint.checkpoint_path(ckpts, 2), runs.checkpoint.checkpoint_path(ckpts, 4))
-    redone = schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, 1e-3, scorer)
+    at = runs.checkpoint.checkpoint_path  # seed 1's checkpoint at the branch step: other weights at step 2
+    shutil.copyfile(at(study_v3_quick / "pretrain" / "s1" / "run" / "checkpoints", 2), at(pre / "run" / "checkpoints", 2))
+    redone = schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, lr, scorer)
     assert redone["branch_from"]["sha256"] != first["branch_from"]["sha256"]
     assert not schedule.same_start(first, redone)
     legacy = {k: v for k, v in redone.items() if k != "branch_from"}  # recorded before identities existed
     runs.write_json(tmp_path / "b" / "scores.json", legacy)
-    assert schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, 1e-3, scorer) == legacy  # kept
+    assert schedule.branch("fm_ln", 0, tmp_path / "b", pre, 2, 2, lr, scorer) == legacy  # kept
     assert not schedule.same_start(legacy, legacy)
 
 
