@@ -2,6 +2,10 @@
 import os
 
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# One intra-op thread per process (and per subprocess, which inherits it): the suite's models are tiny, and
+# on a small machine two threads per process shared with the multi-process tests run them several times
+# slower than one (a study re-creation test: 110 s on two threads against 12 s on one, with the cores busy).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The fused Triton kernels run on CPU tensors through the interpreter; it must be switched on before
 # any @triton.jit function is defined (it changes nothing for CUDA tensors' dispatch).
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -13,6 +17,8 @@ import logging
 
 import pytest
 import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)
