@@ -28,7 +28,7 @@ setup(
         "tensorboard",  # training curves (metrics.jsonl holds the same numbers)
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "diffusers", "torchdiffeq"],
+        "dev": ["pytest", "pytest-xdist", "pytest-benchmark", "diffusers", "torchdiffeq"],
         # Adaptive ODE sampling (python -m rfengine.sample --method dopri5), as SiT's default ODE sampler.
         "sample": ["torchdiffeq"],
         # Latent extraction (python -m rfengine.extract_latents) with a diffusers AutoencoderKL.
