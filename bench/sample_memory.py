@@ -158,8 +158,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=250, help="samples per chunk (the CLI's default)")
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--vae-channels", type=int, nargs=4, default=[8, 8, 16, 16],
-                   help="the stand-in VAE's channels per block (4 4 4 4 with --vae-layers 0 decodes about 2.5x "
-                        "faster on a CPU, for a whole 50,000-sample run)")
+                   help="the stand-in VAE's channels per block (4 4 4 4 with --vae-layers 0 decodes faster on a "
+                        "CPU, for a whole 50,000-sample run)")
     p.add_argument("--vae-layers", type=int, default=1, help="the stand-in VAE's layers per block")
     p.add_argument("--out", required=True)
     a = p.parse_args()

@@ -222,7 +222,7 @@ def _sample(a) -> Path:
     model.to(dist.device)
     vae = vae_id = None
     vae_name = a.vae
-    if vae_name is None and cfg.data.name == "latents":
+    if not vae_name and cfg.data.name == "latents":
         if not cfg.data.vae:
             raise ValueError(f"this model generates VAE latents ({shape[0]} channels) and its config names no "
                              "data.vae; pass --vae NAME_OR_FOLDER, the VAE its latents were made with, to decode "

@@ -29,8 +29,8 @@ def _seed():
 
 @pytest.fixture
 def inductor_cache(tmp_path_factory, monkeypatch):
-    """One torch.compile cache folder for the whole session (TORCHINDUCTOR_CACHE_DIR), fresh for each session:
-    a test that compiles a graph another test compiled before reuses its C++ build instead of running the
+    """One torch.compile cache folder per test process (TORCHINDUCTOR_CACHE_DIR; each xdist worker has its
+    own), fresh each run: a test that compiles a graph another test compiled before reuses its C++ build instead of running the
     compiler again (each build takes seconds on a small CPU), and dynamo starts from a reset."""
     path = tmp_path_factory.getbasetemp() / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(path))

@@ -124,13 +124,21 @@ def choose(frontiers: dict, recipes, baseline: str, seeds, budgets) -> dict:
     return out
 
 
+def challenger(budget: dict) -> str | None:
+    """The challenger of one budget of a frozen selection (a `choose` entry): the recipe other than the
+    baseline with the lowest mean log FD ratio (recorded, or found from the rows in a selection written
+    before challengers were recorded); None when the study has no recipe besides the baseline."""
+    if budget.get("challenger"):
+        return budget["challenger"]
+    return min(budget["rows"], key=lambda r: r["mean_log_ratio"])["recipe"] if budget["rows"] else None
+
+
 def confirm_set(selection: dict) -> list:
     """The recipes a frozen selection (`select`'s file: baseline, budgets -> a `choose` result) confirms:
     the baseline, then each budget's challenger (its winner, or, where the baseline won, the recipe that
     came closest), so that every budget's answer is measured on the confirmation seeds, a loss included."""
     budgets = selection["budgets"].values()
-    closest = [c.get("challenger") or min(c["rows"], key=lambda r: r["mean_log_ratio"])["recipe"]
-               for c in budgets if c["rows"]]  # (a selection written before challengers were recorded)
+    closest = [r for r in map(challenger, budgets) if r is not None]
     return list(dict.fromkeys([selection["baseline"], *(c["winner"] for c in budgets), *closest]))
 
 

@@ -1,5 +1,6 @@
-"""Study v4's answer per budget (the confirmation of each budget's winner against the baseline, each with
-its frozen sampler setting), its report tables and the frontier plot (FD against model calls)."""
+"""Study v4's answer per budget (the confirmation of each budget's challenger, the winner or where the
+baseline won the recipe that came closest, against the baseline, each with its frozen sampler setting),
+its report tables and the frontier plot (FD against model calls)."""
 from __future__ import annotations
 
 import math
@@ -19,7 +20,12 @@ def confirmation(fr: dict, sel: dict, seeds, cost: dict) -> dict:
     base, out = sel["baseline"], {}
     for b, c in sel["budgets"].items():
         win, samp = c["winner"], c["samplers"]
-        ch = win if win != base else (c.get("challenger") or min(c["rows"], key=lambda r: r["mean_log_ratio"])["recipe"])
+        ch = frontier.challenger(c)
+        if ch is None:  # no recipe besides the baseline: nothing to confirm against it
+            out[b] = {"winner": win, "winner_sampler": samp[win], "challenger": None, "baseline": base,
+                      "baseline_sampler": samp[base], "confirm_seeds": [], "per_seed": None, "mean_log_ratio": None,
+                      "ci95": None, "complete": False, "verdict": f"no recipe besides {base}"}
+            continue
         row = {"winner": win, "winner_sampler": samp[win], "challenger": ch, "challenger_sampler": samp[ch],
                "baseline": base, "baseline_sampler": samp[base], "step_cost_vs_baseline": cost[ch] / cost[base],
                "selection": next((r for r in c["rows"] if r["recipe"] == ch), None)}

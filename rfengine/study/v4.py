@@ -12,11 +12,11 @@ confirmation seeds exist):
      fine-tuned from the seed's model for the same CPU seconds, then scored on the frontier grid
      (`rfengine.study.frontier`: every budget, every sampler that spends it, every grid shift).
   2. Frozen in selection.json: per budget, each recipe's best sampler setting (lowest mean log FD over the
-     selection seeds) and the winner (the recipe with the lowest mean log FD ratio to the baseline, each
-     with its best setting; the baseline itself when no recipe is below it).
+     selection seeds), the challenger (the recipe with the lowest mean log FD ratio to the baseline, each
+     with its best setting) and the winner (the challenger when its ratio is below 1, else the baseline).
   3. Confirmation seeds (default 15-19, pretrained only after the freeze): the baseline and every budget's
-     winner fine-tuned and scored with their frozen settings; per budget the paired change with its 95%
-     t-interval.
+     challenger fine-tuned and scored with their frozen settings; per budget the paired change with its
+     95% t-interval (where the baseline won, by how much).
 Recipes: logit-normal FM (the baseline), FC on the input-space bias with the default Euler rollout
 (infer_steps 10), FC with Heun rollouts matched to 4-, 6- and 10-call Heun samplers (infer_steps 2, 3, 5),
 ReflexFlow at its defaults (ADR + FC on the velocity bias) and with a Heun rollout matched to 6 calls, all on

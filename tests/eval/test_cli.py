@@ -122,6 +122,8 @@ def test_a_latent_model_is_decoded_with_its_vae_and_refused_without_one(tmp_path
             "--count", "3", "--steps", "2", "--cfg", "1.5", "--cfg-channels", "3"]
     assert sample.sample_main([*args, "--set", "data.vae=", "--out", str(tmp_path / "no")]) == 1
     assert "names no data.vae; pass --vae" in capsys.readouterr().err
+    assert sample.sample_main([*args, "--set", "data.vae=", "--vae", "", "--out", str(tmp_path / "no")]) == 1
+    assert "names no data.vae; pass --vae" in capsys.readouterr().err  # an empty --vae is no VAE
     assert sample.sample_main([*args, "--set", f"data.vae={tmp_path / 'missing'}", "--out", str(tmp_path / "no")]) == 1
     err = capsys.readouterr().err
     assert "the config's data.vae does not load" in err and "missing" in err and "pass --vae" in err

@@ -70,6 +70,27 @@ def test_the_confirmation_runs_the_baseline_and_each_budgets_challenger():
     # a selection file without challengers (written before they were recorded) gives the same set
     old = {b: {k: v for k, v in c.items() if k != "challenger"} for b, c in budgets.items()}
     assert frontier.confirm_set({"baseline": "base", "budgets": old}) == ["base", "b", "a", "c"]
+    assert [frontier.challenger(c) for c in old.values()] == ["a", "b", "c"]
+    assert frontier.challenger({"winner": "base", "challenger": None, "rows": []}) is None
+
+
+def test_a_recipe_the_selection_does_not_confirm_is_not_fine_tuned(tmp_path):
+    from rfengine.study import v4
+    row = lambda r, m: {"recipe": r, "mean_log_ratio": m}  # noqa: E731
+    sel = {"baseline": "base", "budgets": {"4": {"winner": "base", "challenger": "a",
+                                                 "rows": [row("a", 0.1), row("b", 0.3)]}}}
+    (tmp_path / "selection.json").write_text(json.dumps(sel))
+    assert v4.confirm_if_chosen(tmp_path, "b", 15) is None  # neither winner nor closest: skipped
+    with pytest.raises(TypeError):  # the confirmed one goes on to its fine-tune (here: its missing arguments)
+        v4.confirm_if_chosen(tmp_path, "a", 15)
+
+
+def test_a_study_of_the_baseline_alone_reports_nothing_to_confirm():
+    fr = fake({("base", s): {"4": {"euler-4": 50.0 + s}} for s in (0, 1, 5)})
+    chosen = frontier.choose(fr, ["base"], "base", [0, 1], [4])
+    assert chosen["4"]["challenger"] is None and frontier.confirm_set({"baseline": "base", "budgets": chosen}) == ["base"]
+    rows = confirmation(fr, {"baseline": "base", "budgets": chosen}, [5], {"base": 1.0})
+    assert rows["4"]["challenger"] is None and rows["4"]["mean_log_ratio"] is None
 
 
 def test_quick_pipeline_leaves_every_artifact(tmp_path):

@@ -8,8 +8,8 @@ from tests.helpers import read_metrics
 @pytest.fixture(scope="session")
 def straight(tmp_path_factory):
     """`get(nproc, mode="ddp", run=())`: the folder of an uninterrupted run of `tests.faults.runs.RUN`, made
-    once per (process count, mode, overrides) for the whole session and shared by every fault test. Only
-    overrides that change the numbers belong in `run` (not keep_ckpts, not the logging)."""
+    once per (process count, mode, overrides) in each test process (xdist worker) and shared by its fault
+    tests. Only overrides that change the numbers belong in `run` (not keep_ckpts, not the logging)."""
     made = {}
 
     def get(nproc: int, mode: str = "ddp", run=()):
