@@ -4,7 +4,8 @@ line naming the file, the cause and the checkpoint to resume from, leaves no tem
 `--resume auto` continues bit-exactly once the cause is gone; a sample grid or TensorBoard that
 cannot be written is a warning; a slow checkpoint write does not hold training. Real faults where
 mounting works (CI runs as root): a small tmpfs filled mid-run, a checkpoints folder bind-mounted
-read-only mid-run; injected OSErrors otherwise; 1 process, 2-process DDP and FSDP."""
+read-only mid-run (several faults one after the other on one run folder, each resumed from the
+checkpoint it names); injected OSErrors otherwise; 1 process, 2-process DDP and FSDP."""
 import contextlib
 import errno
 import shutil
