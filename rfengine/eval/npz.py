@@ -82,7 +82,6 @@ class NpzImages(_OpenZip):
                 yield np.frombuffer(buf, np.uint8).reshape(b, *self.shape[1:])
 
 
-
 def _read_header(f, path: Path, key: str) -> tuple[tuple, np.dtype]:
     try:
         version = npformat.read_magic(f)
@@ -164,5 +163,3 @@ class NpzWriter(_OpenZip):
     @staticmethod
     def _member(name: str) -> zipfile.ZipInfo:
         return zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-
-

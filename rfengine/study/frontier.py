@@ -119,8 +119,8 @@ def choose(frontiers: dict, recipes, baseline: str, seeds, budgets) -> dict:
                          "per_seed": lr})
         top = min(rows, key=lambda row: row["mean_log_ratio"]) if rows else None
         winner = top["recipe"] if top is not None and top["mean_log_ratio"] < 0 else baseline
-        out[b] = {"winner": winner, "challenger": top["recipe"] if top is not None else None, "samplers": {r: best[r]["sampler"] for r in recipes},
-                  "mean_log_fd": {r: best[r]["mean_log_fd"] for r in recipes}, "rows": rows}
+        out[b] = {"winner": winner, "challenger": top["recipe"] if top is not None else None,
+                  "samplers": {r: best[r]["sampler"] for r in recipes}, "mean_log_fd": {r: best[r]["mean_log_fd"] for r in recipes}, "rows": rows}
     return out
 
 

@@ -67,6 +67,9 @@ def tables(summary: dict) -> str:
               "| budget | winner | challenger (sampler) | baseline (sampler) | FD baseline | FD challenger | change "
               "[95% CI] | per seed | step cost vs baseline |", "|---|---|---|---|---|---|---|---|---|"]
     for b, r in (summary.get("by_budget") or {}).items():
+        if r["challenger"] is None:  # a study of the baseline alone
+            lines.append(f"| {b} | {r['winner']} | none | {r['baseline']} ({r['baseline_sampler']}) | | | n/a | | |")
+            continue
         fb = np.mean(list(r["fd_baseline"].values())) if r["fd_baseline"] else float("nan")
         fw = np.mean(list(r["fd_challenger"].values())) if r["fd_challenger"] else float("nan")
         ch = (f"{pct(r['mean_log_ratio'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]"

@@ -22,9 +22,9 @@ def standin_weights(tmp_path_factory):
 
 @pytest.fixture
 def one_thread():
-    """Torch on one thread for the test, as in a study's worker process (`runs.init_worker`): the tiny study
-    models run far slower on two threads when the two cores are shared (a re-creation test took 110 s on two
-    threads, 12 s on one, beside a busy process). The thread count is restored after the test."""
+    """Torch on one thread for the test, as in a study's worker process (`runs.init_worker`), whatever
+    OMP_NUM_THREADS says (tests/conftest.py's one thread is only a default): a test that re-trains in this
+    process what a worker trained compares the weights bit for bit. The thread count is restored after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

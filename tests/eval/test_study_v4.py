@@ -8,7 +8,7 @@ import pytest
 
 from rfengine.flow import CALLS_PER_STEP
 from rfengine.study import frontier
-from rfengine.study.report_v4 import confirmation
+from rfengine.study.report_v4 import confirmation, tables
 
 
 def test_every_setting_spends_exactly_its_budget():
@@ -91,6 +91,11 @@ def test_a_study_of_the_baseline_alone_reports_nothing_to_confirm():
     assert chosen["4"]["challenger"] is None and frontier.confirm_set({"baseline": "base", "budgets": chosen}) == ["base"]
     rows = confirmation(fr, {"baseline": "base", "budgets": chosen}, [5], {"base": 1.0})
     assert rows["4"]["challenger"] is None and rows["4"]["mean_log_ratio"] is None
+    protocol = {"samples": 16, "budgets": [4], "methods": ["euler"], "shifts": [1.0], "shift_up_to": 10,
+                "confirm_seeds": [5]}
+    text = tables({"selection": {"baseline": "base", "budgets": chosen, "seeds": [0, 1]}, "protocol": protocol,
+                   "by_budget": rows})
+    assert "| 4 | base | none | base (euler-4) |" in text
 
 
 def test_quick_pipeline_leaves_every_artifact(tmp_path):
