@@ -272,10 +272,10 @@ def rehearse(w: Path) -> dict:
         planning = background.submit(run, "plan (in the background)", cmds["plan"])
         making_ref = background.submit(run, "reference (in the background)", cmds["reference"], sha)
         meta = timed("extract", extract, w, cmds["extract"])
-        timed("plan", plan, planning)
+        timed("plan (waited for)", plan, planning)
         rows = timed("train", train, w, cmds["train"])
         samples = timed("sample", sample, w, cmds["sample"], meta["vae_sha256"])
-        ref = timed("reference", reference, w, making_ref)
+        ref = timed("reference (waited for)", reference, w, making_ref)
     res = timed("score", score, w, cmds["score"], sha, samples)
     total = time.monotonic() - t0
     print(f"\nrehearsal passed in {total:.0f} s ({', '.join(f'{k} {v} s' for k, v in seconds.items())}): FID "

@@ -71,7 +71,7 @@ def tiny_vae(path, seed: int = 0, channels: tuple = (8, 8, 16, 16), layers_per_b
     torch.manual_seed(seed)
     vae = diffusers.AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=tuple(channels), layers_per_block=layers_per_block,
-        latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=0.18215)
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=tuple(channels),
+        layers_per_block=layers_per_block, latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=0.18215)
     vae.save_pretrained(path)
     return Path(path)
