@@ -128,8 +128,12 @@ def parse_args(argv=None):
                                  "config's data.vae (a run's own config records the VAE it trained with)")
     p.add_argument("--weights", default="ema", choices=["ema", "raw"])
     p.add_argument("--method", default="euler", choices=list(METHODS),
-                   help="euler/heun: fixed grid; sde: SiT's Euler-Maruyama sampler; dopri5: adaptive ODE (torchdiffeq)")
-    p.add_argument("--steps", type=int, default=50, help="model evaluations (sde: as SiT's --num-sampling-steps)")
+                   help="euler/heun: fixed grid; dpmpp2m: DPM-Solver++(2M) for velocity models; ab2: "
+                        "Adams-Bashforth 2 (both multistep, one model call a step); sde: SiT's Euler-Maruyama "
+                        "sampler; dopri5: adaptive ODE (torchdiffeq)")
+    p.add_argument("--steps", type=int, default=50,
+                   help="steps on the grid; model calls per sample: --steps, twice that for heun (sde: as SiT's "
+                        "--num-sampling-steps)")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--cfg-channels", type=int, default=None,
                    help="guide only the first N channels, the others conditional (3: DiT/SiT's published numbers)")
@@ -142,7 +146,9 @@ def parse_args(argv=None):
     p.add_argument("--sample-eps", type=float, default=0.0, help="sde: the start time for SBDM (w is infinite at 0)")
     p.add_argument("--atol", type=float, default=1e-6, help="dopri5: absolute tolerance (SiT's default)")
     p.add_argument("--rtol", type=float, default=1e-3, help="dopri5: relative tolerance (SiT's default)")
-    p.add_argument("--shift", type=float, default=1.0)
+    p.add_argument("--shift", type=float, default=1.0,
+                   help="fixed-grid samplers: time shift of the grid (SD3's form; > 1 spends more steps at high "
+                        "noise, 1 = uniform)")
     p.add_argument("--labels", default="uniform", choices=["uniform", "balanced"],
                    help="class labels: uniform: independent uniform draws, as DiT/SiT/ADM sample for FID-50K; "
                         "balanced: sample i has class i %% num_classes")
