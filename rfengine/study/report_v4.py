@@ -47,6 +47,33 @@ def confirmation(fr: dict, sel: dict, seeds, cost: dict) -> dict:
     return out
 
 
+def sample_options(setting: str) -> str:
+    """A frontier setting's name as `rfengine.sample` options: `ab2-4_shift2` -> `--method ab2 --steps 4 --shift 2`."""
+    head, _, shift = setting.partition("_shift")
+    method, _, steps = head.rpartition("-")
+    return f"--method {method} --steps {steps}" + (f" --shift {shift}" if shift else "")
+
+
+def advice(by_budget: dict) -> dict:
+    """budget -> what to train and how to sample for it, from the confirmation: the challenger where the
+    confirmation seeds established it better than the baseline (all seeds in, the 95% interval below 0),
+    else the baseline; with the measured change of the challenger against the baseline."""
+    out = {}
+    for b, r in by_budget.items():
+        won = bool(r["challenger"] and r["complete"] and r["ci95"] and r["ci95"][1] < 0)
+        train = r["challenger"] if won else r["baseline"]
+        sampler = r["challenger_sampler"] if won else r["baseline_sampler"]
+        if r["challenger"] is None or r["mean_log_ratio"] is None:
+            measured = "not measured"
+        else:
+            measured = (f"{r['challenger']} ({r['challenger_sampler']}) vs {r['baseline']} ({r['baseline_sampler']}): "
+                        f"{pct(r['mean_log_ratio'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}], seeds "
+                        f"{r['confirm_seeds']}" + ("" if r["complete"] else " (confirmation not complete)"))
+        out[b] = {"train": train, "sampler": sampler, "sample_options": sample_options(sampler), "pays": won,
+                  "measured": measured}
+    return out
+
+
 def tables(summary: dict) -> str:
     sel, p = summary["selection"], summary["protocol"]
     lines = ["# Study v4: the quality-per-model-call frontier", "",
@@ -63,6 +90,14 @@ def tables(summary: dict) -> str:
             mark = " **(winner)**" if r["recipe"] == c["winner"] else ""
             lines.append(f"| {b} | {r['recipe']}{mark} | {r['sampler']} | {pct(r['mean_log_ratio'])} "
                          f"[{pct(r['ci95'][0])}, {pct(r['ci95'][1])}] | {', '.join(pct(x) for x in r['per_seed'])} |")
+    if summary.get("by_budget"):
+        lines += ["", "## What to train for a sampling budget", "",
+                  "The recipe the confirmation seeds support at each budget (a challenger only where its 95% interval "
+                  "lies below the baseline), and the sampler setting frozen for it on the selection seeds.", "",
+                  "| model calls per sample | train | sample with | measured on the confirmation seeds |",
+                  "|---|---|---|---|"]
+        for b, a in advice(summary["by_budget"]).items():
+            lines.append(f"| {b} | {a['train']} | `{a['sample_options']}` | {a['measured']} |")
     lines += ["", f"## Confirmation seeds {p['confirm_seeds']} (pretrained after the choices were frozen)", "",
               "| budget | winner | challenger (sampler) | baseline (sampler) | FD baseline | FD challenger | change "
               "[95% CI] | per seed | step cost vs baseline |", "|---|---|---|---|---|---|---|---|---|"]

@@ -118,3 +118,24 @@ def test_quick_pipeline_leaves_every_artifact(tmp_path):
     assert (out / "frontier.png").stat().st_size > 10_000 and "Confirmation seeds [7]" in (out / "report.md").read_text()
     with pytest.raises(SystemExit, match="other settings"):
         v4.run(v4.parse_args([*argv, "--samples", "64"]))
+
+
+def test_the_advice_trains_a_challenger_only_where_the_confirmation_established_it():
+    from rfengine.study.report_v4 import advice, sample_options
+    assert sample_options("ab2-4_shift2") == "--method ab2 --steps 4 --shift 2"
+    assert sample_options("heun-3") == "--method heun --steps 3"
+    assert sample_options("dpmpp2m-10_shift1.5") == "--method dpmpp2m --steps 10 --shift 1.5"
+    base = {"baseline": "base", "baseline_sampler": "ab2-4_shift2", "challenger": "fc", "challenger_sampler": "heun-2",
+            "confirm_seeds": [15, 16], "complete": True}
+    rows = {"4": {**base, "mean_log_ratio": -0.2, "ci95": [-0.3, -0.1]},     # established: train the challenger
+            "6": {**base, "mean_log_ratio": -0.1, "ci95": [-0.3, 0.1]},      # interval across 0: the baseline
+            "10": {**base, "mean_log_ratio": 0.2, "ci95": [0.1, 0.3]},       # the baseline wins
+            "20": {**base, "mean_log_ratio": -0.2, "ci95": [-0.3, -0.1], "complete": False},  # seeds missing
+            "40": {**base, "challenger": None, "challenger_sampler": None, "mean_log_ratio": None, "ci95": None}}
+    got = advice(rows)
+    assert {b: (a["train"], a["pays"]) for b, a in got.items()} == {
+        "4": ("fc", True), "6": ("base", False), "10": ("base", False), "20": ("base", False), "40": ("base", False)}
+    assert got["4"]["sample_options"] == "--method heun --steps 2"
+    assert got["6"]["sample_options"] == "--method ab2 --steps 4 --shift 2"
+    assert "-18.1% [-25.9%, -9.5%]" in got["4"]["measured"] and "not complete" in got["20"]["measured"]
+    assert got["40"]["measured"] == "not measured"
