@@ -160,6 +160,11 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.count < 1 or a.batch < 1:
         p.error("--count and --batch must be >= 1")
+    if a.shift <= 0:
+        p.error(f"--shift must be > 0, got {a.shift:g}")
+    if a.shift != 1.0 and a.method in ("sde", "dopri5"):
+        p.error(f"--shift: only the fixed-grid samplers (euler, heun, dpmpp2m, ab2) shift their grid; --method "
+                f"{a.method} would ignore --shift {a.shift:g}")
     return a
 
 

@@ -136,3 +136,15 @@ def test_a_latent_model_is_decoded_with_its_vae_and_refused_without_one(tmp_path
         assert np.array_equal(a["arr_0"], b["arr_0"])
     meta = json.loads((tmp_path / "cfg" / "samples_ema_euler2_cfg1.5_ch3_n3_seed0.json").read_text())
     assert meta["vae"] == str(tmp_path / "vae")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "sde", "--shift", "2"], "--method sde would ignore --shift 2"),
+    (["--method", "dopri5", "--shift", "3"], "--method dopri5 would ignore --shift 3"),
+    (["--method", "ab2", "--shift", "0"], "--shift must be > 0"),
+])
+def test_a_grid_shift_the_sampler_would_ignore_is_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--ckpt", "x", *argv])
+    assert message in capsys.readouterr().err
+    assert sample.parse_args(["--ckpt", "x", "--method", "ab2", "--steps", "4", "--shift", "2"]).shift == 2.0
