@@ -120,17 +120,28 @@ def tables(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def mean_frontier(summary: dict, recipe: str, seeds, samplers: dict | None) -> tuple[list, list]:
-    """(budgets, mean FD over `seeds`) of a recipe with its frozen sampler per budget (`samplers`: budget ->
-    name), or, without a selection, its best setting per budget by mean log FD."""
+LABELS = {"fm_ln": "logit-normal FM (baseline)", "fc_input@fm_ln": "FC input bias, Euler rollout (10)",
+          "fc_input_heun2@fm_ln": "FC input bias, Heun rollout (2)", "fc_input_heun3@fm_ln": "FC input bias, Heun rollout (3)",
+          "fc_input_heun5@fm_ln": "FC input bias, Heun rollout (5)", "rf@fm_ln": "ReflexFlow defaults (ADR + FC)",
+          "rf_heun3@fm_ln": "ReflexFlow, Heun rollout (3)"}
+
+
+def common_seeds(summary: dict, recipes, seeds) -> list:
+    """The seeds of `seeds` on which every recipe of `recipes` has its frontier: a mean over seeds compares
+    recipes on the same seeds only (while a study runs, some recipes have seeds the others lack)."""
+    return [s for s in seeds if all(f"{r}_s{s}" in summary["frontiers"] for r in recipes)]
+
+
+def mean_frontier(summary: dict, recipe: str, seeds, samplers) -> tuple[list, list]:
+    """(budgets, geometric mean FD over `seeds`) of a recipe with, per budget, the best of `samplers(budget,
+    names)` (a list of the setting names to consider) by mean log FD."""
     xs, ys = [], []
     for b in map(str, summary["protocol"]["budgets"]):
         runs_ = [summary["frontiers"].get(f"{recipe}_s{s}") for s in seeds]
         runs_ = [r for r in runs_ if r is not None and b in r]
-        if not runs_:
+        if not runs_ or len(runs_) < len(seeds):
             continue
-        names = [samplers[b]] if samplers else list(runs_[0][b])
-        names = [n for n in names if all(n in r[b] for r in runs_)]
+        names = [n for n in samplers(b, list(runs_[0][b])) if all(n in r[b] for r in runs_)]
         if not names:
             continue
         best = min(names, key=lambda n: np.mean([math.log(r[b][n]) for r in runs_]))
@@ -139,38 +150,55 @@ def mean_frontier(summary: dict, recipe: str, seeds, samplers: dict | None) -> t
     return xs, ys
 
 
+def panels(summary: dict) -> list:
+    """(title, seeds, recipes, samplers) of each panel of the frontier plot: the selection with each recipe's
+    best setting, the selection with Euler only (the sampler earlier studies measured FC with), and the
+    confirmation with the frozen settings once it has seeds."""
+    p, sel = summary["protocol"], summary["selection"]
+    seeds = common_seeds(summary, p["recipes"], p["select_seeds"])
+    out = [(f"selection seeds {seeds}: each recipe with its best sampler and shift", seeds, p["recipes"],
+            lambda b, names: names),
+           (f"selection seeds {seeds}: Euler only, uniform grid", seeds, p["recipes"],
+            lambda b, names: [n for n in names if n == f"euler-{b}"])]
+    if sel and summary.get("by_budget"):
+        recipes = frontier.confirm_set(sel)
+        cseeds = common_seeds(summary, recipes, p["confirm_seeds"])
+        if cseeds:
+            out.append((f"confirmation seeds {cseeds}: frozen samplers", cseeds, recipes,
+                        lambda b, names: names))  # a confirmation frontier holds its frozen setting only
+    return [x for x in out if x[1]]
+
+
 def write_report(summary: dict, out: Path) -> None:
     (out / "report.md").write_text(tables(summary))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-    p, sel = summary["protocol"], summary["selection"]
-    panels = [(f"selection seeds {p['select_seeds']}: each recipe's best sampler per budget", p["select_seeds"],
-               p["recipes"])]
-    if sel and summary.get("by_budget") and any(r["confirm_seeds"] for r in summary["by_budget"].values()):
-        panels.append((f"confirmation seeds {p['confirm_seeds']}: frozen samplers", p["confirm_seeds"],
-                       frontier.confirm_set(sel)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), sharey=True, squeeze=False)
+    p = summary["protocol"]
+    drawn = panels(summary)
+    if not drawn:
+        return
+    fig, axes = plt.subplots(1, len(drawn), figsize=(5.6 * len(drawn), 5.0), sharey=True, squeeze=False)
     colors = {r: f"C{i % 10}" for i, r in enumerate(p["recipes"])}
-    for ax, (title, seeds, recipes) in zip(axes[0], panels):
+    for ax, (title, seeds, recipes, samplers) in zip(axes[0], drawn):
         for r in recipes:
-            frozen = {b: c["samplers"][r] for b, c in sel["budgets"].items()} if sel and seeds != p["select_seeds"] \
-                else None
-            xs, ys = mean_frontier(summary, r, seeds, frozen)
+            xs, ys = mean_frontier(summary, r, seeds, samplers)
             if xs:
-                ax.plot(xs, ys, "o-", color=colors[r], label=r, lw=2.2 if r == p["recipes"][0] else 1.4)
+                ax.plot(xs, ys, "o-", color=colors[r], label=LABELS.get(r, r),
+                        lw=2.6 if r == p["recipes"][0] else 1.4)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(p["budgets"], [str(b) for b in p["budgets"]])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set_xlabel("model calls per sample")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel(f"FD (geometric mean over seeds, {p['samples']} samples)")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Quality per model call: each recipe fine-tuned at equal CPU seconds, sampled with its best "
-                 "few-call sampler and grid shift", fontsize=10)
+    axes[0][0].set_ylabel(f"FD (geometric mean over seeds, {p['samples']} samples; lower is better)")
+    axes[0][0].legend(fontsize=7.5)
+    fig.suptitle("Quality per model call: every recipe fine-tuned for the same CPU seconds", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "frontier.png", dpi=120)
     plt.close(fig)

@@ -139,3 +139,17 @@ def test_the_advice_trains_a_challenger_only_where_the_confirmation_established_
     assert got["6"]["sample_options"] == "--method ab2 --steps 4 --shift 2"
     assert "-18.1% [-25.9%, -9.5%]" in got["4"]["measured"] and "not complete" in got["20"]["measured"]
     assert got["40"]["measured"] == "not measured"
+
+
+def test_the_frontier_plot_compares_recipes_on_the_same_seeds_and_draws_euler_alone():
+    from rfengine.study.report_v4 import mean_frontier, panels
+    fronts = {f"{r}_s{s}": {"4": {"euler-4": 40.0 * k * (s + 1), "ab2-4_shift2": 10.0 * k * (s + 1)}}
+              for r, k in (("base", 1.0), ("fc", 0.5)) for s in (0, 1)}
+    fronts["base_s2"] = {"4": {"euler-4": 1.0, "ab2-4_shift2": 1.0}}  # a seed the other recipe lacks so far
+    summary = {"protocol": {"budgets": [4], "recipes": ["base", "fc"], "select_seeds": [0, 1, 2],
+                            "confirm_seeds": [5]}, "selection": None, "frontiers": fronts}
+    (t1, s1, r1, best), (t2, s2, r2, euler) = panels(summary)
+    assert s1 == s2 == [0, 1] and r1 == ["base", "fc"] and "Euler only" in t2
+    assert mean_frontier(summary, "base", s1, best) == ([4], [pytest.approx(10 * math.sqrt(2))])
+    assert mean_frontier(summary, "fc", s2, euler) == ([4], [pytest.approx(20 * math.sqrt(2))])
+    assert mean_frontier(summary, "fc", [0, 1, 2], best) == ([], [])  # a recipe missing a seed draws nothing
