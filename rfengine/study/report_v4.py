@@ -74,12 +74,39 @@ def advice(by_budget: dict) -> dict:
     return out
 
 
+def sampler_table(summary: dict) -> list:
+    """Markdown lines: the baseline's FD with every sampler at every budget (geometric mean over the selection
+    seeds it has; `uniform / shifted` grid where both were scored): how much the choice of sampler moves FD."""
+    p = summary["protocol"]
+    base = p["recipes"][0]
+    seeds = common_seeds(summary, [base], p["select_seeds"])
+    if not seeds:
+        return []
+    lines = [f"## The baseline ({base}) with every sampler, selection seeds {seeds}", "",
+             "FD, geometric mean over the seeds; uniform grid / grid shifted by "
+             f"{'/'.join(f'{x:g}' for x in p['shifts'][1:]) or '-'} (up to {p['shift_up_to']} calls).", "",
+             "| model calls | " + " | ".join(p["methods"]) + " |", "|---" * (len(p["methods"]) + 1) + "|"]
+    for b in map(str, p["budgets"]):
+        runs_ = [summary["frontiers"][f"{base}_s{s}"][b] for s in seeds if b in summary["frontiers"][f"{base}_s{s}"]]
+        if len(runs_) < len(seeds):
+            continue
+        cells = []
+        for m in p["methods"]:
+            names = sorted((n for n in runs_[0] if n.partition("_shift")[0].rpartition("-")[0] == m),
+                           key=lambda n: "_shift" in n)  # the uniform grid first
+            vals = [float(np.exp(np.mean([math.log(r[n]) for r in runs_]))) for n in names]
+            cells.append(" / ".join(f"{v:.1f}" for v in vals) or "-")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def tables(summary: dict) -> str:
     sel, p = summary["selection"], summary["protocol"]
     lines = ["# Study v4: the quality-per-model-call frontier", "",
              f"Recipes fine-tuned for equal CPU seconds from plateaued FM models; {p['samples']} samples per score; "
              f"budgets {p['budgets']} model calls; samplers {p['methods']}, grid shifts {p['shifts']} "
              f"(up to {p['shift_up_to']} calls).", ""]
+    lines += sampler_table(summary)
     if not sel:
         return "\n".join(lines + ["Selection not finished yet.", ""])
     lines += [f"## Selection seeds {sel['seeds']}: each recipe with its best sampler, change vs {sel['baseline']}", "",

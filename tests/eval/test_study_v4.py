@@ -92,9 +92,9 @@ def test_a_study_of_the_baseline_alone_reports_nothing_to_confirm():
     rows = confirmation(fr, {"baseline": "base", "budgets": chosen}, [5], {"base": 1.0})
     assert rows["4"]["challenger"] is None and rows["4"]["mean_log_ratio"] is None
     protocol = {"samples": 16, "budgets": [4], "methods": ["euler"], "shifts": [1.0], "shift_up_to": 10,
-                "confirm_seeds": [5]}
+                "recipes": ["base"], "select_seeds": [0, 1], "confirm_seeds": [5]}
     text = tables({"selection": {"baseline": "base", "budgets": chosen, "seeds": [0, 1]}, "protocol": protocol,
-                   "by_budget": rows})
+                   "by_budget": rows, "frontiers": {f"base_s{s}": v["by_budget"] for (_, s), v in fr.items()}})
     assert "| 4 | base | none | base (euler-4) |" in text
 
 
@@ -153,3 +153,16 @@ def test_the_frontier_plot_compares_recipes_on_the_same_seeds_and_draws_euler_al
     assert mean_frontier(summary, "base", s1, best) == ([4], [pytest.approx(10 * math.sqrt(2))])
     assert mean_frontier(summary, "fc", s2, euler) == ([4], [pytest.approx(20 * math.sqrt(2))])
     assert mean_frontier(summary, "fc", [0, 1, 2], best) == ([], [])  # a recipe missing a seed draws nothing
+
+
+def test_the_sampler_table_shows_the_baselines_fd_with_every_sampler_and_shift():
+    from rfengine.study.report_v4 import sampler_table
+    fronts = {f"base_s{s}": {"4": {"euler-4": 40.0 * (s + 1), "euler-4_shift2": 30.0, "ab2-4": 20.0,
+                                   "ab2-4_shift2": 10.0 * (s + 1)}, "20": {"euler-20": 12.0, "ab2-20": 9.0}}
+              for s in (0, 1)}
+    protocol = {"budgets": [4, 20], "recipes": ["base"], "select_seeds": [0, 1, 2], "methods": ["euler", "ab2"],
+                "shifts": [1.0, 2.0], "shift_up_to": 10}
+    text = "\n".join(sampler_table({"protocol": protocol, "frontiers": fronts}))
+    assert "selection seeds [0, 1]" in text  # the seeds it has
+    assert f"| 4 | {40 * math.sqrt(2):.1f} / 30.0 | 20.0 / {10 * math.sqrt(2):.1f} |" in text
+    assert "| 20 | 12.0 | 9.0 |" in text
