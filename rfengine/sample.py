@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 
 from rfengine import storage
-from rfengine.flow import DIFFUSIONS, LAST_STEPS, METHODS, integrate, with_cfg
+from rfengine.flow import DIFFUSIONS, FIXED_GRID, LAST_STEPS, METHODS, integrate, with_cfg
 
 log = logging.getLogger("rfengine")
 # Images the VAE decodes at a time: its decoder's activations at full resolution are many times the
@@ -160,10 +161,10 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.count < 1 or a.batch < 1:
         p.error("--count and --batch must be >= 1")
-    if a.shift <= 0:
-        p.error(f"--shift must be > 0, got {a.shift:g}")
-    if a.shift != 1.0 and a.method in ("sde", "dopri5"):
-        p.error(f"--shift: only the fixed-grid samplers (euler, heun, dpmpp2m, ab2) shift their grid; --method "
+    if not (math.isfinite(a.shift) and a.shift > 0):  # a NaN or infinite shift makes every grid time NaN
+        p.error(f"--shift must be finite and > 0, got {a.shift:g}")
+    if a.shift != 1.0 and a.method not in FIXED_GRID:
+        p.error(f"--shift: only the fixed-grid samplers ({', '.join(FIXED_GRID)}) shift their grid; --method "
                 f"{a.method} would ignore --shift {a.shift:g}")
     return a
 

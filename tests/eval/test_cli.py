@@ -141,7 +141,9 @@ def test_a_latent_model_is_decoded_with_its_vae_and_refused_without_one(tmp_path
 @pytest.mark.parametrize("argv, message", [
     (["--method", "sde", "--shift", "2"], "--method sde would ignore --shift 2"),
     (["--method", "dopri5", "--shift", "3"], "--method dopri5 would ignore --shift 3"),
-    (["--method", "ab2", "--shift", "0"], "--shift must be > 0"),
+    (["--method", "ab2", "--shift", "0"], "--shift must be finite and > 0"),
+    (["--method", "euler", "--shift", "nan"], "--shift must be finite and > 0"),
+    (["--method", "heun", "--shift", "inf"], "--shift must be finite and > 0"),
 ])
 def test_a_grid_shift_the_sampler_would_ignore_is_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
