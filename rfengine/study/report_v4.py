@@ -63,8 +63,10 @@ def advice(by_budget: dict) -> dict:
         won = bool(r["challenger"] and r["complete"] and r["ci95"] and r["ci95"][1] < 0)
         train = r["challenger"] if won else r["baseline"]
         sampler = r["challenger_sampler"] if won else r["baseline_sampler"]
-        if r["challenger"] is None or r["mean_log_ratio"] is None:
-            measured = "not measured"
+        if r["challenger"] is None:
+            measured = f"no recipe besides {r['baseline']} to compare"
+        elif r["mean_log_ratio"] is None:
+            measured = "confirmation pending"
         else:
             measured = (f"{r['challenger']} ({r['challenger_sampler']}) vs {r['baseline']} ({r['baseline_sampler']}): "
                         f"{pct(r['mean_log_ratio'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}], seeds "
@@ -84,7 +86,7 @@ def sampler_table(summary: dict) -> list:
         return []
     lines = [f"## The baseline ({base}) with every sampler, selection seeds {seeds}", "",
              "FD, geometric mean over the seeds; uniform grid / grid shifted by "
-             f"{'/'.join(f'{x:g}' for x in p['shifts'][1:]) or '-'} (up to {p['shift_up_to']} calls).", "",
+             f"{'/'.join(f'{x:g}' for x in p['shifts'] if x != 1.0) or '-'} (up to {p['shift_up_to']} calls).", "",
              "| model calls | " + " | ".join(p["methods"]) + " |", "|---" * (len(p["methods"]) + 1) + "|"]
     for b in map(str, p["budgets"]):
         runs_ = [summary["frontiers"][f"{base}_s{s}"][b] for s in seeds if b in summary["frontiers"][f"{base}_s{s}"]]
@@ -132,8 +134,8 @@ def tables(summary: dict) -> str:
         if r["challenger"] is None:  # a study of the baseline alone
             lines.append(f"| {b} | {r['winner']} | none | {r['baseline']} ({r['baseline_sampler']}) | | | n/a | | |")
             continue
-        fb = np.mean(list(r["fd_baseline"].values())) if r["fd_baseline"] else float("nan")
-        fw = np.mean(list(r["fd_challenger"].values())) if r["fd_challenger"] else float("nan")
+        gmean = lambda d: float(np.exp(np.mean(np.log(list(d.values()))))) if d else float("nan")  # noqa: E731
+        fb, fw = gmean(r["fd_baseline"]), gmean(r["fd_challenger"])  # geometric, as the change is
         ch = (f"{pct(r['mean_log_ratio'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]"
               if r["mean_log_ratio"] is not None else "n/a")
         per = ", ".join(pct(x) for x in r["per_seed"]) if r["per_seed"] else ""
@@ -148,7 +150,8 @@ def tables(summary: dict) -> str:
 
 
 LABELS = {"fm_ln": "logit-normal FM (baseline)", "fc_input@fm_ln": "FC input bias, Euler rollout (10)",
-          "fc_input_heun2@fm_ln": "FC input bias, Heun rollout (2)", "fc_input_heun3@fm_ln": "FC input bias, Heun rollout (3)",
+          "fc_input_heun2@fm_ln": "FC input bias, Heun rollout (2)",
+          "fc_input_heun3@fm_ln": "FC input bias, Heun rollout (3)",
           "fc_input_heun5@fm_ln": "FC input bias, Heun rollout (5)", "rf@fm_ln": "ReflexFlow defaults (ADR + FC)",
           "rf_heun3@fm_ln": "ReflexFlow, Heun rollout (3)"}
 
@@ -184,9 +187,10 @@ def panels(summary: dict) -> list:
     p, sel = summary["protocol"], summary["selection"]
     seeds = common_seeds(summary, p["recipes"], p["select_seeds"])
     out = [(f"selection seeds {seeds}: each recipe with its best sampler and shift", seeds, p["recipes"],
-            lambda b, names: names),
-           (f"selection seeds {seeds}: Euler only, uniform grid", seeds, p["recipes"],
-            lambda b, names: [n for n in names if n == f"euler-{b}"])]
+            lambda b, names: names)]
+    if "euler" in p["methods"]:
+        out.append((f"selection seeds {seeds}: Euler only, uniform grid", seeds, p["recipes"],
+                    lambda b, names: [n for n in names if n == f"euler-{b}"]))
     if sel and summary.get("by_budget"):
         recipes = frontier.confirm_set(sel)
         cseeds = common_seeds(summary, recipes, p["confirm_seeds"])
@@ -204,7 +208,8 @@ def write_report(summary: dict, out: Path) -> None:
     import matplotlib.ticker
     p = summary["protocol"]
     drawn = panels(summary)
-    if not drawn:
+    if not drawn:  # nothing finished yet: no plot, and none left from an earlier summary
+        (out / "frontier.png").unlink(missing_ok=True)
         return
     fig, axes = plt.subplots(1, len(drawn), figsize=(5.6 * len(drawn), 5.0), sharey=True, squeeze=False)
     colors = {r: f"C{i % 10}" for i, r in enumerate(p["recipes"])}

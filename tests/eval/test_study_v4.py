@@ -138,7 +138,9 @@ def test_the_advice_trains_a_challenger_only_where_the_confirmation_established_
     assert got["4"]["sample_options"] == "--method heun --steps 2"
     assert got["6"]["sample_options"] == "--method ab2 --steps 4 --shift 2"
     assert "-18.1% [-25.9%, -9.5%]" in got["4"]["measured"] and "not complete" in got["20"]["measured"]
-    assert got["40"]["measured"] == "not measured"
+    assert got["40"]["measured"] == "no recipe besides base to compare"
+    pending = advice({"6": {**base, "confirm_seeds": [], "complete": False, "mean_log_ratio": None, "ci95": None}})
+    assert pending["6"]["measured"] == "confirmation pending" and pending["6"]["train"] == "base"
 
 
 def test_the_frontier_plot_compares_recipes_on_the_same_seeds_and_draws_euler_alone():
@@ -146,7 +148,7 @@ def test_the_frontier_plot_compares_recipes_on_the_same_seeds_and_draws_euler_al
     fronts = {f"{r}_s{s}": {"4": {"euler-4": 40.0 * k * (s + 1), "ab2-4_shift2": 10.0 * k * (s + 1)}}
               for r, k in (("base", 1.0), ("fc", 0.5)) for s in (0, 1)}
     fronts["base_s2"] = {"4": {"euler-4": 1.0, "ab2-4_shift2": 1.0}}  # a seed the other recipe lacks so far
-    summary = {"protocol": {"budgets": [4], "recipes": ["base", "fc"], "select_seeds": [0, 1, 2],
+    summary = {"protocol": {"budgets": [4], "recipes": ["base", "fc"], "select_seeds": [0, 1, 2], "methods": ["euler"],
                             "confirm_seeds": [5]}, "selection": None, "frontiers": fronts}
     (t1, s1, r1, best), (t2, s2, r2, euler) = panels(summary)
     assert s1 == s2 == [0, 1] and r1 == ["base", "fc"] and "Euler only" in t2
@@ -157,8 +159,8 @@ def test_the_frontier_plot_compares_recipes_on_the_same_seeds_and_draws_euler_al
 
 def test_the_sampler_table_shows_the_baselines_fd_with_every_sampler_and_shift():
     from rfengine.study.report_v4 import sampler_table
-    fronts = {f"base_s{s}": {"4": {"euler-4": 40.0 * (s + 1), "euler-4_shift2": 30.0, "ab2-4": 20.0,
-                                   "ab2-4_shift2": 10.0 * (s + 1)}, "20": {"euler-20": 12.0, "ab2-20": 9.0}}
+    fronts = {f"base_s{s}": {"4": {"euler-4_shift2": 30.0, "euler-4": 40.0 * (s + 1), "ab2-4_shift2": 10.0 * (s + 1),
+                                   "ab2-4": 20.0}, "20": {"euler-20": 12.0, "ab2-20": 9.0}}
               for s in (0, 1)}
     protocol = {"budgets": [4, 20], "recipes": ["base"], "select_seeds": [0, 1, 2], "methods": ["euler", "ab2"],
                 "shifts": [1.0, 2.0], "shift_up_to": 10}
@@ -166,3 +168,17 @@ def test_the_sampler_table_shows_the_baselines_fd_with_every_sampler_and_shift()
     assert "selection seeds [0, 1]" in text  # the seeds it has
     assert f"| 4 | {40 * math.sqrt(2):.1f} / 30.0 | 20.0 / {10 * math.sqrt(2):.1f} |" in text
     assert "| 20 | 12.0 | 9.0 |" in text
+
+
+def test_the_confirmation_table_shows_geometric_mean_fds_as_its_change_is_in_logs():
+    row = {"winner": "base", "challenger": "fc", "challenger_sampler": "heun-2", "baseline": "base",
+           "baseline_sampler": "ab2-4_shift2", "fd_baseline": {"15": 10.0, "16": 40.0},
+           "fd_challenger": {"15": 5.0, "16": 80.0}, "mean_log_ratio": 0.0, "ci95": [-1.0, 1.0],
+           "per_seed": [math.log(0.5), math.log(2.0)], "step_cost_vs_baseline": 1.5, "confirm_seeds": [15, 16],
+           "complete": True}
+    protocol = {"samples": 16, "budgets": [4], "methods": ["euler"], "shifts": [1.0], "shift_up_to": 10,
+                "recipes": ["base", "fc"], "select_seeds": [0], "confirm_seeds": [15, 16]}
+    text = tables({"selection": {"baseline": "base", "budgets": {}, "seeds": [0]}, "protocol": protocol,
+                   "by_budget": {"4": row}, "frontiers": {}})
+    assert "| fc (heun-2) | base (ab2-4_shift2) | 20.00 | 20.00 | +0.0%" in text  # arithmetic means: 25.00, 42.50
+    assert "| 4 | base | `--method ab2 --steps 4 --shift 2` | fc (heun-2) vs base (ab2-4_shift2): +0.0%" in text
