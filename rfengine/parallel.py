@@ -1,6 +1,7 @@
 """Process groups and model wrapping. One process is world size 1; torchrun sets RANK/WORLD_SIZE."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -216,8 +217,12 @@ def barrier() -> None:
 def shutdown(clean: bool = True) -> None:
     """Destroy the process group. After a clean run every process first meets the others, so that
     none tears its connections down while another still uses them (gloo aborts the process then);
-    after an error there is no barrier, since another process may be gone."""
+    after an error there is no barrier, since another process may be gone. Garbage held in reference
+    cycles (a model wrapped by a closure that refers back to it) is collected first: a process group
+    such garbage holds would otherwise be torn down by the collector at interpreter exit, where gloo can
+    abort the process after a run that succeeded."""
     if dist.is_initialized():
         if clean and dist.get_world_size() > 1:
             dist.barrier()
+        gc.collect()
         dist.destroy_process_group()

@@ -1,5 +1,7 @@
 """Stops that hold: a SIGTERM is never lost, whenever in the step it lands, and every process stops at
 the same step, even when only one of them received it."""
+import atexit
+import faulthandler
 import json
 import multiprocessing
 import os
@@ -38,11 +40,11 @@ def test_a_sigterm_inside_the_flag_read_stops_the_run(tmp_path, monkeypatch):
     assert _checkpointed(tmp_path) == [out["step"]]
 
 
-def _rank(rank: int, port: int, out, mode: str) -> None:
-    """One process of a two-process run; rank 1 alone gets SIGTERM, after the third step's flag read."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+def _train(rank: int, out, mode: str) -> dict:
+    """The trainer's run, rank 1 alone getting SIGTERM after the third step's flag read. The wrapper and the
+    trainer refer to each other: the wrapper is removed after the run, so that the trainer (its model, and
+    the process group the model holds) is freed on return, as a command's is, not by the garbage collector
+    at interpreter exit, where tearing a gloo group down can abort the process."""
     tr = Trainer(tiny_cfg(out, *STOP, f"parallel.mode={mode}"))
     step = tr.train_step
 
@@ -52,9 +54,27 @@ def _rank(rank: int, port: int, out, mode: str) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
         return result
     tr.train_step = train_step
-    summary = tr.run()
+    try:
+        return tr.run()
+    finally:
+        del tr.train_step
+
+
+def _rank(rank: int, port: int, out, mode: str) -> None:
+    """One process of a two-process run. Where it got to (`rank<r>.stages`) and, should it die of a signal,
+    every thread's stack (`rank<r>.fault`) are kept for the test's message."""
+    fault = open(out / f"rank{rank}.fault", "w")
+    faulthandler.enable(fault, all_threads=True)
+    stages = open(out / f"rank{rank}.stages", "w", buffering=1)
+    atexit.register(stages.write, "exit\n")  # at interpreter exit, after the last line below
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    summary = _train(rank, out, mode)
     (out / f"rank{rank}.json").write_text(json.dumps(summary))
-    parallel.shutdown()  # meet before teardown: a rank that tears gloo down while the other still talks aborts
+    stages.write("run\n")
+    parallel.shutdown()
+    stages.write("shutdown\n")
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
@@ -75,7 +95,33 @@ def test_a_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, mode)
         if p.is_alive():
             p.kill()
     assert not hung, f"processes {hung} still running after 120 s: the ranks split on the stop"
-    assert [p.exitcode for p in procs] == [0, 0]
+    died = {r: ((tmp_path / f"rank{r}.stages").read_text().split(), (tmp_path / f"rank{r}.fault").read_text())
+            for r, p in enumerate(procs) if p.exitcode != 0}
+    assert not died, f"exit codes {[p.exitcode for p in procs]}; stages reached and stacks: {died}"
     summaries = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert summaries == [{"step": 4, "stopped": True}] * 2
     assert _checkpointed(tmp_path) == [4]
+
+
+def test_shutdown_frees_garbage_that_holds_the_process_group_before_tearing_it_down(tmp_path):
+    """A model kept alive only by a reference cycle is collected by `shutdown`, while the interpreter is
+    whole, not by the collector at exit (where a gloo group's teardown can abort a finished run)."""
+    import gc
+    import weakref
+    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1),
+                                         rank=0, world_size=1)
+    gc.disable()  # no automatic collection: only shutdown's own can free the cycle
+    try:
+        class Holder:
+            pass
+        h = Holder()
+        h.group, h.me = torch.distributed.group.WORLD, h  # a cycle holding the group
+        alive = weakref.ref(h)
+        del h
+        assert alive() is not None
+        parallel.shutdown()
+        assert alive() is None and not torch.distributed.is_initialized()
+    finally:
+        gc.enable()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
