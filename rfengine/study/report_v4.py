@@ -136,12 +136,13 @@ def tables(summary: dict) -> str:
             continue
         gmean = lambda d: float(np.exp(np.mean(np.log(list(d.values()))))) if d else float("nan")  # noqa: E731
         fb, fw = gmean(r["fd_baseline"]), gmean(r["fd_challenger"])  # geometric, as the change is
+        fd = lambda x: f"{x:.2f}" if math.isfinite(x) else ""  # noqa: E731  (no seed in yet)
         ch = (f"{pct(r['mean_log_ratio'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]"
               if r["mean_log_ratio"] is not None else "n/a")
         per = ", ".join(pct(x) for x in r["per_seed"]) if r["per_seed"] else ""
         lines.append(f"| {b} | {r['winner']} | {r['challenger']} ({r['challenger_sampler']}) | {r['baseline']} "
                      f"({r['baseline_sampler']}) | "
-                     f"{fb:.2f} | {fw:.2f} | {ch} | {per} | {r['step_cost_vs_baseline']:.2f}x |")
+                     f"{fd(fb)} | {fd(fw)} | {ch} | {per} | {r['step_cost_vs_baseline']:.2f}x |")
     lines += ["", "The challenger is the winner, or, where no recipe beat the baseline on the selection seeds, the "
                   "recipe that came closest: its change says by how much the baseline wins.", "",
               "Step cost: CPU seconds per training step, measured side by side at calibration "

@@ -95,7 +95,7 @@ def test_a_study_of_the_baseline_alone_reports_nothing_to_confirm():
                 "recipes": ["base"], "select_seeds": [0, 1], "confirm_seeds": [5]}
     text = tables({"selection": {"baseline": "base", "budgets": chosen, "seeds": [0, 1]}, "protocol": protocol,
                    "by_budget": rows, "frontiers": {f"base_s{s}": v["by_budget"] for (_, s), v in fr.items()}})
-    assert "| 4 | base | none | base (euler-4) |" in text
+    assert "| 4 | base | none | base (euler-4) |" in text and "nan" not in text
 
 
 def test_quick_pipeline_leaves_every_artifact(tmp_path):
@@ -182,3 +182,8 @@ def test_the_confirmation_table_shows_geometric_mean_fds_as_its_change_is_in_log
                    "by_budget": {"4": row}, "frontiers": {}})
     assert "| fc (heun-2) | base (ab2-4_shift2) | 20.00 | 20.00 | +0.0%" in text  # arithmetic means: 25.00, 42.50
     assert "| 4 | base | `--method ab2 --steps 4 --shift 2` | fc (heun-2) vs base (ab2-4_shift2): +0.0%" in text
+    pending = {**row, "fd_baseline": {}, "fd_challenger": {}, "mean_log_ratio": None, "ci95": None, "per_seed": None,
+               "confirm_seeds": [], "complete": False}
+    text = tables({"selection": {"baseline": "base", "budgets": {}, "seeds": [0]}, "protocol": protocol,
+                   "by_budget": {"4": pending}, "frontiers": {}})
+    assert "| base (ab2-4_shift2) |  |  | n/a |" in text and "nan" not in text  # no seed in yet: blank FDs
