@@ -218,9 +218,9 @@ def shutdown(clean: bool = True) -> None:
     """Destroy the process group. After a clean run every process first meets the others, so that
     none tears its connections down while another still uses them (gloo aborts the process then);
     after an error there is no barrier, since another process may be gone. Garbage held in reference
-    cycles (a model wrapped by a closure that refers back to it) is collected first: a process group
-    such garbage holds would otherwise be torn down by the collector at interpreter exit, where gloo can
-    abort the process after a run that succeeded."""
+    cycles (an FSDP2 model's own, or a model wrapped by a closure that refers back to it) is collected
+    first: a process group such garbage holds would otherwise be torn down by the collector at
+    interpreter exit, where gloo can abort the process after a run that succeeded."""
     if dist.is_initialized():
         if clean and dist.get_world_size() > 1:
             dist.barrier()

@@ -95,7 +95,7 @@ def test_a_study_of_the_baseline_alone_reports_nothing_to_confirm():
                 "recipes": ["base"], "select_seeds": [0, 1], "confirm_seeds": [5]}
     text = tables({"selection": {"baseline": "base", "budgets": chosen, "seeds": [0, 1]}, "protocol": protocol,
                    "by_budget": rows, "frontiers": {f"base_s{s}": v["by_budget"] for (_, s), v in fr.items()}})
-    assert "| 4 | base | none | base (euler-4) |" in text and "nan" not in text
+    assert "| 4 | base | none | base (euler-4) |" in text
 
 
 def test_quick_pipeline_leaves_every_artifact(tmp_path):
@@ -187,3 +187,16 @@ def test_the_confirmation_table_shows_geometric_mean_fds_as_its_change_is_in_log
     text = tables({"selection": {"baseline": "base", "budgets": {}, "seeds": [0]}, "protocol": protocol,
                    "by_budget": {"4": pending}, "frontiers": {}})
     assert "| base (ab2-4_shift2) |  |  | n/a |" in text and "nan" not in text  # no seed in yet: blank FDs
+
+
+def test_the_plot_has_no_euler_panel_without_euler_and_no_stale_picture_without_results(tmp_path):
+    from rfengine.study.report_v4 import panels, write_report
+    fronts = {f"{r}_s0": {"4": {"euler-4": 40.0, "ab2-4": 20.0}} for r in ("base", "fc")}
+    protocol = {"budgets": [4], "recipes": ["base", "fc"], "select_seeds": [0], "confirm_seeds": [5],
+                "methods": ["euler", "ab2"], "shifts": [1.0], "shift_up_to": 10, "samples": 16}
+    summary = {"protocol": protocol, "selection": None, "frontiers": fronts}
+    assert len(panels(summary)) == 2
+    assert len(panels({**summary, "protocol": {**protocol, "methods": ["ab2"]}})) == 1
+    (tmp_path / "frontier.png").write_bytes(b"an old picture")
+    write_report({**summary, "frontiers": {}}, tmp_path)  # nothing finished: no plot, the old one removed
+    assert not (tmp_path / "frontier.png").exists() and (tmp_path / "report.md").is_file()

@@ -42,9 +42,9 @@ def test_a_sigterm_inside_the_flag_read_stops_the_run(tmp_path, monkeypatch):
 
 def _train(rank: int, out, mode: str) -> dict:
     """The trainer's run, rank 1 alone getting SIGTERM after the third step's flag read. The wrapper and the
-    trainer refer to each other: the wrapper is removed after the run, so that the trainer (its model, and
-    the process group the model holds) is freed on return, as a command's is, not by the garbage collector
-    at interpreter exit, where tearing a gloo group down can abort the process."""
+    trainer refer to each other: the wrapper is removed after the run, so that the trainer is freed on
+    return, as a command's is. (An FSDP2 model's own reference cycles still need the collector:
+    `parallel.shutdown` runs it before the teardown.)"""
     tr = Trainer(tiny_cfg(out, *STOP, f"parallel.mode={mode}"))
     step = tr.train_step
 
@@ -103,7 +103,7 @@ def test_a_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, mode)
     assert _checkpointed(tmp_path) == [4]
 
 
-def test_shutdown_frees_garbage_that_holds_the_process_group_before_tearing_it_down(tmp_path):
+def test_shutdown_frees_garbage_that_holds_the_process_group_before_tearing_it_down(tmp_path, monkeypatch):
     """A model kept alive only by a reference cycle is collected by `shutdown`, while the interpreter is
     whole, not by the collector at exit (where a gloo group's teardown can abort a finished run)."""
     import gc
@@ -119,8 +119,14 @@ def test_shutdown_frees_garbage_that_holds_the_process_group_before_tearing_it_d
         alive = weakref.ref(h)
         del h
         assert alive() is not None
+        real, freed_first = torch.distributed.destroy_process_group, []
+
+        def destroy(*args, **kwargs):
+            freed_first.append(alive() is None)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(torch.distributed, "destroy_process_group", destroy)
         parallel.shutdown()
-        assert alive() is None and not torch.distributed.is_initialized()
+        assert freed_first == [True] and alive() is None and not torch.distributed.is_initialized()
     finally:
         gc.enable()
         if torch.distributed.is_initialized():
