@@ -30,6 +30,13 @@ def name(method: str, steps: int, shift: float) -> str:
     return f"{method}-{steps}" + ("" if shift == 1.0 else f"_shift{shift:g}")
 
 
+def parse(setting: str) -> tuple[str, int, float]:
+    """The inverse of `name`: `dpmpp2m-10_shift2` -> ("dpmpp2m", 10, 2.0)."""
+    head, _, shift = setting.partition("_shift")
+    method, _, steps = head.rpartition("-")
+    return method, int(steps), float(shift) if shift else 1.0
+
+
 def settings(budgets=BUDGETS, methods=METHODS, shifts=SHIFTS, shift_up_to: int = SHIFT_UP_TO) -> dict:
     """budget (str) -> the sampler settings that spend exactly that many model calls per sample:
     [{"name", "method", "steps", "shift"}]."""
@@ -120,7 +127,8 @@ def choose(frontiers: dict, recipes, baseline: str, seeds, budgets) -> dict:
         top = min(rows, key=lambda row: row["mean_log_ratio"]) if rows else None
         winner = top["recipe"] if top is not None and top["mean_log_ratio"] < 0 else baseline
         out[b] = {"winner": winner, "challenger": top["recipe"] if top is not None else None,
-                  "samplers": {r: best[r]["sampler"] for r in recipes}, "mean_log_fd": {r: best[r]["mean_log_fd"] for r in recipes}, "rows": rows}
+                  "samplers": {r: best[r]["sampler"] for r in recipes},
+                  "mean_log_fd": {r: best[r]["mean_log_fd"] for r in recipes}, "rows": rows}
     return out
 
 

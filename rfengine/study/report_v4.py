@@ -13,6 +13,12 @@ from rfengine.study import frontier, stats
 pct = lambda x: f"{100 * (math.exp(x) - 1):+.1f}%" if math.isfinite(x) else "n/a"  # noqa: E731
 
 
+def gmean(values) -> float:
+    """The geometric mean (FDs are compared as log ratios); nan for none."""
+    values = list(values)
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
 def confirmation(fr: dict, sel: dict, seeds, cost: dict) -> dict:
     """budget -> the frozen winner, challenger and samplers, and on the confirmation seeds finished so far
     the paired log FD ratio of the challenger (the winner, or where the baseline won the recipe that came
@@ -49,9 +55,8 @@ def confirmation(fr: dict, sel: dict, seeds, cost: dict) -> dict:
 
 def sample_options(setting: str) -> str:
     """A frontier setting's name as `rfengine.sample` options: `ab2-4_shift2` -> `--method ab2 --steps 4 --shift 2`."""
-    head, _, shift = setting.partition("_shift")
-    method, _, steps = head.rpartition("-")
-    return f"--method {method} --steps {steps}" + (f" --shift {shift}" if shift else "")
+    method, steps, shift = frontier.parse(setting)
+    return f"--method {method} --steps {steps}" + (f" --shift {shift:g}" if shift != 1.0 else "")
 
 
 def advice(by_budget: dict) -> dict:
@@ -94,9 +99,9 @@ def sampler_table(summary: dict) -> list:
             continue
         cells = []
         for m in p["methods"]:
-            names = sorted((n for n in runs_[0] if n.partition("_shift")[0].rpartition("-")[0] == m),
-                           key=lambda n: "_shift" in n)  # the uniform grid first
-            vals = [float(np.exp(np.mean([math.log(r[n]) for r in runs_]))) for n in names]
+            names = sorted((n for n in runs_[0] if frontier.parse(n)[0] == m),
+                           key=lambda n: frontier.parse(n)[2] != 1.0)  # the uniform grid first
+            vals = [gmean(r[n] for r in runs_) for n in names]
             cells.append(" / ".join(f"{v:.1f}" for v in vals) or "-")
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -134,8 +139,7 @@ def tables(summary: dict) -> str:
         if r["challenger"] is None:  # a study of the baseline alone
             lines.append(f"| {b} | {r['winner']} | none | {r['baseline']} ({r['baseline_sampler']}) | | | n/a | | |")
             continue
-        gmean = lambda d: float(np.exp(np.mean(np.log(list(d.values()))))) if d else float("nan")  # noqa: E731
-        fb, fw = gmean(r["fd_baseline"]), gmean(r["fd_challenger"])  # geometric, as the change is
+        fb, fw = gmean(r["fd_baseline"].values()), gmean(r["fd_challenger"].values())  # geometric, as the change is
         fd = lambda x: f"{x:.2f}" if math.isfinite(x) else ""  # noqa: E731  (no seed in yet)
         ch = (f"{pct(r['mean_log_ratio'])} [{pct(r['ci95'][0])}, {pct(r['ci95'][1])}]"
               if r["mean_log_ratio"] is not None else "n/a")
@@ -177,7 +181,7 @@ def mean_frontier(summary: dict, recipe: str, seeds, samplers) -> tuple[list, li
             continue
         best = min(names, key=lambda n: np.mean([math.log(r[b][n]) for r in runs_]))
         xs.append(int(b))
-        ys.append(float(np.exp(np.mean([math.log(r[b][best]) for r in runs_]))))
+        ys.append(gmean(r[b][best] for r in runs_))
     return xs, ys
 
 

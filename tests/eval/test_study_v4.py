@@ -200,3 +200,9 @@ def test_the_plot_has_no_euler_panel_without_euler_and_no_stale_picture_without_
     (tmp_path / "frontier.png").write_bytes(b"an old picture")
     write_report({**summary, "frontiers": {}}, tmp_path)  # nothing finished: no plot, the old one removed
     assert not (tmp_path / "frontier.png").exists() and (tmp_path / "report.md").is_file()
+
+
+def test_a_setting_name_parses_back_to_its_sampler():
+    for rows in frontier.settings().values():
+        for st in rows:
+            assert frontier.parse(st["name"]) == (st["method"], st["steps"], st["shift"])
