@@ -53,6 +53,29 @@ def confirmation(fr: dict, sel: dict, seeds, cost: dict) -> dict:
     return out
 
 
+def euler_check(fr: dict, sel: dict, seeds) -> dict:
+    """The secondary check: budget -> confirmed recipe (other than the baseline) -> under Euler with B steps on
+    the uniform grid, on the confirmation seeds scored so far, the paired log FD ratio to the baseline (mean,
+    95% interval, per seed) and the FDs. fr: (recipe, seed) -> Euler scores (`v4.EULER_CHECK`)."""
+    base, out = sel["baseline"], {}
+    for b in sel["budgets"]:
+        setting, out[b] = frontier.name("euler", int(b), 1.0), {}
+        for r in frontier.confirm_set(sel):
+            if r == base:
+                continue
+            done = [s for s in seeds if (base, s) in fr and (r, s) in fr]
+            row = {"sampler": setting, "confirm_seeds": done, "complete": done == list(seeds),
+                   "fd_baseline": {str(s): fr[(base, s)]["by_budget"][b][setting] for s in done},
+                   "fd_recipe": {str(s): fr[(r, s)]["by_budget"][b][setting] for s in done},
+                   "per_seed": None, "mean_log_ratio": None, "ci95": None}
+            if done:
+                row["per_seed"] = frontier.log_ratios(fr, r, setting, base, setting, done, b)
+                m, lo, hi = stats.t_interval(row["per_seed"])
+                row.update(mean_log_ratio=m, ci95=[lo, hi], verdict=stats.verdict(m, lo, hi, base=base))
+            out[b][r] = row
+    return out
+
+
 def sample_options(setting: str) -> str:
     """A frontier setting's name as `rfengine.sample` options: `ab2-4_shift2` -> `--method ab2 --steps 4 --shift 2`."""
     method, steps, shift = frontier.parse(setting)
@@ -151,7 +174,26 @@ def tables(summary: dict) -> str:
                   "recipe that came closest: its change says by how much the baseline wins.", "",
               "Step cost: CPU seconds per training step, measured side by side at calibration "
                   "(`calibration.json`); every recipe trained for the same CPU seconds.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + euler_table(summary))
+
+
+def euler_table(summary: dict) -> list:
+    """Markdown lines: the secondary check (each confirmed recipe against the baseline under Euler with B steps
+    on the confirmation seeds), once any confirmation model has its Euler scores."""
+    check = summary.get("euler_check") or {}
+    rows = [(b, r, x) for b, by in check.items() for r, x in by.items() if x["confirm_seeds"]]
+    if not rows:
+        return []
+    base = summary["selection"]["baseline"]
+    lines = ["## Secondary check: Euler with B steps (uniform grid) on the confirmation seeds", "",
+             "Fixed before any confirmation score existed; it chooses nothing. FD: geometric mean over the seeds.", "",
+             f"| model calls (Euler steps) | recipe | seeds | FD {base} | FD recipe | change [95% CI] | per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for b, r, x in rows:
+        lines.append(f"| {b} | {r} | {x['confirm_seeds']} | {gmean(x['fd_baseline'].values()):.2f} | "
+                     f"{gmean(x['fd_recipe'].values()):.2f} | {pct(x['mean_log_ratio'])} [{pct(x['ci95'][0])}, "
+                     f"{pct(x['ci95'][1])}] | {', '.join(pct(v) for v in x['per_seed'])} |")
+    return lines + [""]
 
 
 LABELS = {"fm_ln": "logit-normal FM (baseline)", "fc_input@fm_ln": "FC input bias, Euler rollout (10)",
@@ -161,18 +203,19 @@ LABELS = {"fm_ln": "logit-normal FM (baseline)", "fc_input@fm_ln": "FC input bia
           "rf_heun3@fm_ln": "ReflexFlow, Heun rollout (3)"}
 
 
-def common_seeds(summary: dict, recipes, seeds) -> list:
-    """The seeds of `seeds` on which every recipe of `recipes` has its frontier: a mean over seeds compares
-    recipes on the same seeds only (while a study runs, some recipes have seeds the others lack)."""
-    return [s for s in seeds if all(f"{r}_s{s}" in summary["frontiers"] for r in recipes)]
+def common_seeds(summary: dict, recipes, seeds, source: str = "frontiers") -> list:
+    """The seeds of `seeds` on which every recipe of `recipes` has its scores in `source`: a mean over seeds
+    compares recipes on the same seeds only (while a study runs, some recipes have seeds the others lack)."""
+    return [s for s in seeds if all(f"{r}_s{s}" in summary.get(source, {}) for r in recipes)]
 
 
-def mean_frontier(summary: dict, recipe: str, seeds, samplers) -> tuple[list, list]:
+def mean_frontier(summary: dict, recipe: str, seeds, samplers, source: str = "frontiers") -> tuple[list, list]:
     """(budgets, geometric mean FD over `seeds`) of a recipe with, per budget, the best of `samplers(budget,
-    names)` (a list of the setting names to consider) by mean log FD."""
+    names)` (a list of the setting names to consider) by mean log FD; `source`: the summary's scores to read
+    (`frontiers`, or `euler_frontiers` of the secondary check)."""
     xs, ys = [], []
     for b in map(str, summary["protocol"]["budgets"]):
-        runs_ = [summary["frontiers"].get(f"{recipe}_s{s}") for s in seeds]
+        runs_ = [summary.get(source, {}).get(f"{recipe}_s{s}") for s in seeds]
         runs_ = [r for r in runs_ if r is not None and b in r]
         if not runs_ or len(runs_) < len(seeds):
             continue
@@ -186,22 +229,26 @@ def mean_frontier(summary: dict, recipe: str, seeds, samplers) -> tuple[list, li
 
 
 def panels(summary: dict) -> list:
-    """(title, seeds, recipes, samplers) of each panel of the frontier plot: the selection with each recipe's
-    best setting, the selection with Euler only (the sampler earlier studies measured FC with), and the
-    confirmation with the frozen settings once it has seeds."""
+    """(title, seeds, recipes, samplers, source) of each panel of the frontier plot: the selection with each
+    recipe's best setting, the selection with Euler only (the sampler earlier studies measured FC with), and,
+    once they have seeds, the confirmation with the frozen settings and the secondary check (Euler only)."""
     p, sel = summary["protocol"], summary["selection"]
     seeds = common_seeds(summary, p["recipes"], p["select_seeds"])
+    euler = lambda b, names: [n for n in names if n == f"euler-{b}"]  # noqa: E731
     out = [(f"selection seeds {seeds}: each recipe with its best sampler and shift", seeds, p["recipes"],
-            lambda b, names: names)]
+            lambda b, names: names, "frontiers")]
     if "euler" in p["methods"]:
-        out.append((f"selection seeds {seeds}: Euler only, uniform grid", seeds, p["recipes"],
-                    lambda b, names: [n for n in names if n == f"euler-{b}"]))
+        out.append((f"selection seeds {seeds}: Euler only, uniform grid", seeds, p["recipes"], euler, "frontiers"))
     if sel and summary.get("by_budget"):
         recipes = frontier.confirm_set(sel)
         cseeds = common_seeds(summary, recipes, p["confirm_seeds"])
-        if cseeds:
-            out.append((f"confirmation seeds {cseeds}: frozen samplers", cseeds, recipes,
-                        lambda b, names: names))  # a confirmation frontier holds its frozen setting only
+        if cseeds:  # a confirmation frontier holds its frozen setting only
+            out.append((f"confirmation seeds {cseeds}: frozen samplers", cseeds, recipes, lambda b, names: names,
+                        "frontiers"))
+        eseeds = common_seeds(summary, recipes, p["confirm_seeds"], "euler_frontiers")
+        if eseeds:
+            out.append((f"confirmation seeds {eseeds}: Euler only (secondary check)", eseeds, recipes, euler,
+                        "euler_frontiers"))
     return [x for x in out if x[1]]
 
 
@@ -218,9 +265,9 @@ def write_report(summary: dict, out: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(drawn), figsize=(5.6 * len(drawn), 5.0), sharey=True, squeeze=False)
     colors = {r: f"C{i % 10}" for i, r in enumerate(p["recipes"])}
-    for ax, (title, seeds, recipes, samplers) in zip(axes[0], drawn):
+    for ax, (title, seeds, recipes, samplers, source) in zip(axes[0], drawn):
         for r in recipes:
-            xs, ys = mean_frontier(summary, r, seeds, samplers)
+            xs, ys = mean_frontier(summary, r, seeds, samplers, source)
             if xs:
                 ax.plot(xs, ys, "o-", color=colors[r], label=LABELS.get(r, r),
                         lw=2.6 if r == p["recipes"][0] else 1.4)

@@ -3,6 +3,7 @@
     python -m rfengine.study.v4              # the whole protocol; resumable (run it again to continue)
     python -m rfengine.study.v4 --quick      # a smoke run of the same pipeline at tiny sizes
     python -m rfengine.study.v4 --summarize  # summary.json, report.md and frontier.png from what has finished
+    python -m rfengine.study.v4 --euler-check  # the secondary check (below) on the confirmations finished, then the summary
 
 Question: at the same number of model calls per sample, does a recipe beat logit-normal FM once each side
 samples with its own best few-call sampler and grid shift? Same machinery and rules as v3 (CPU seconds per
@@ -17,6 +18,9 @@ confirmation seeds exist):
   3. Confirmation seeds (default 15-19, pretrained only after the freeze): the baseline and every budget's
      challenger fine-tuned and scored with their frozen settings; per budget the paired change with its
      95% t-interval (where the baseline won, by how much).
+  4. A secondary check, fixed before any confirmation score existed (`--euler-check`): the confirmation models
+     also scored with Euler at every budget on the uniform grid (`euler.json` beside each frontier), and per
+     budget the paired change of each confirmed recipe against the baseline under Euler. It chooses nothing.
 Recipes: logit-normal FM (the baseline), FC on the input-space bias with the default Euler rollout
 (infer_steps 10), FC with Heun rollouts matched to 4-, 6- and 10-call Heun samplers (infer_steps 2, 3, 5),
 ReflexFlow at its defaults (ADR + FC on the velocity bias) and with a Heun rollout matched to 6 calls, all on
@@ -33,9 +37,11 @@ from pathlib import Path
 
 from rfengine.study import driver, frontier, runs
 from rfengine.study.driver import CLASSIFIER, flop_floors
+from rfengine.study.pool import Pool
 
 log = logging.getLogger("rfengine")
 BASELINE = "fm_ln"
+EULER_CHECK = "euler.json"  # a confirmation model's scores with Euler at every budget (the secondary check)
 RECIPES = [BASELINE, "fc_input@fm_ln", "fc_input_heun2@fm_ln", "fc_input_heun3@fm_ln", "fc_input_heun5@fm_ln",
            "rf@fm_ln", "rf_heun3@fm_ln"]
 PROTOCOL_KEYS = ["recipes", "select_seeds", "confirm_seeds", "adopt_from", "lr", "ft_fm_steps", "points", "chunk",
@@ -60,6 +66,9 @@ def parse_args(argv=None):
                    help="budgets above this are scored on the unshifted grid only")
     p.add_argument("--stop-after", choices=["calibration", "selection"])
     p.add_argument("--summarize", action="store_true", help="write the summary from the runs finished so far")
+    p.add_argument("--euler-check", action="store_true",
+                   help="score the finished confirmation models with Euler at every budget (the secondary check; "
+                        "cached per model), then write the summary")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the pipeline")
     p.set_defaults(samples=1000)
     if p.parse_args(argv).quick:  # tiny defaults; options given explicitly still win
@@ -85,10 +94,11 @@ def grid_of(args) -> dict:
     return frontier.settings(args.budgets, args.methods, args.shifts, args.shift_up_to)
 
 
-def frontiers(out: Path) -> dict:
-    """(recipe, seed) -> frontier scores of every finished fine-tune under `out`."""
+def frontiers(out: Path, file: str = "frontier.json") -> dict:
+    """(recipe, seed) -> frontier scores (`file`: the frontier, or `EULER_CHECK`) of every finished fine-tune
+    under `out`."""
     res = {}
-    for f in sorted((out / "finetune").glob("*/frontier.json")):
+    for f in sorted((out / "finetune").glob(f"*/{file}")):
         sc = json.loads((f.parent / "scores.json").read_text())
         res[(sc["variant"], sc["seed"])] = json.loads(f.read_text())
     return res
@@ -156,23 +166,51 @@ def confirm_if_chosen(out: Path, recipe: str, seed: int, *rest) -> dict | None:
     return confirm_job(out, recipe, seed, *rest)
 
 
+def euler_jobs(args, out: Path) -> dict:
+    """The secondary check's jobs: each finished confirmation fine-tune of a confirmed recipe scored with Euler
+    at every budget on the uniform grid, with the same scorer (samples, noise, classifier) as its frontier."""
+    sel = json.loads((out / "selection.json").read_text())
+    grid = frontier.settings(args.budgets, ["euler"], [1.0])
+    scorer = {"samples": args.samples, "sample_steps": [20], "classifier": str(out / CLASSIFIER)}
+    found = {}
+    for s in args.confirm_seeds:
+        for r in frontier.confirm_set(sel):
+            d = out / "finetune" / f"{r}_s{s}"
+            if (d / "frontier.json").is_file():  # its fine-tune and frozen scores have finished
+                found[f"euler {r} s{s}"] = (0, [], frontier.score, (d / "run" / "ema.safetensors", scorer, grid,
+                                                                    d / EULER_CHECK))
+    return found
+
+
 def run(args) -> dict:
+    if args.euler_check:
+        out = Path(args.out)
+        driver.freeze_protocol(args, out, PROTOCOL_KEYS)  # this study's settings, or refused
+        if not (out / "selection.json").is_file():
+            raise SystemExit(f"rfengine: error: --euler-check: {out / 'selection.json'} is missing: "
+                             "the check scores the confirmation models, which exist only after the selection")
+        found = euler_jobs(args, out)
+        log.info("Euler check: %d finished confirmation models to score (scored ones are cached)", len(found))
+        Pool(args.workers, out / "logs").run(found, "study v4, Euler check")
+        args.summarize = True
     return driver.run(args, PROTOCOL_KEYS, jobs, summarize, "study v4")
 
 
 
 def summarize(args, out: Path, cal: dict) -> dict:
     """summary.json, report.md and frontier.png from whatever has finished."""
-    from rfengine.study.report_v4 import confirmation, write_report
+    from rfengine.study.report_v4 import confirmation, euler_check, write_report
     sel = json.loads((out / "selection.json").read_text()) if (out / "selection.json").is_file() else None
     fr = frontiers(out)
     cost = cal["cpu_seconds_per_step"]
     summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS}, "calibration": cal, "selection": sel,
                "by_budget": confirmation(fr, sel, args.confirm_seeds, cost) if sel else None,
+               "euler_check": euler_check(frontiers(out, EULER_CHECK), sel, args.confirm_seeds) if sel else None,
                "step_costs": {r: {"measured_vs_fm": cal["cost_vs_fm"][r],
                                   "measured_vs_baseline": cost[r] / cost[args.baseline],
                                   "flop_floor_vs_fm": f} for r, f in flop_floors(args.variants).items()},
                "frontiers": {f"{r}_s{s}": v["by_budget"] for (r, s), v in fr.items()},
+               "euler_frontiers": {f"{r}_s{s}": v["by_budget"] for (r, s), v in frontiers(out, EULER_CHECK).items()},
                "finetunes": {f"{v}_s{s}": {"steps": r["steps"], "cpu_seconds_measured": r["cpu_seconds_measured"],
                                            "fd20": r["by_steps"]["20"]["fd"], "curve": r["curve"]}
                              for (v, s), r in runs.finetune_results(out).items()}}

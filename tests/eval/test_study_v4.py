@@ -118,6 +118,21 @@ def test_quick_pipeline_leaves_every_artifact(tmp_path):
     assert (out / "frontier.png").stat().st_size > 10_000 and "Confirmation seeds [7]" in (out / "report.md").read_text()
     with pytest.raises(SystemExit, match="other settings"):
         v4.run(v4.parse_args([*argv, "--samples", "64"]))
+    # the secondary check: each confirmation model scored with Euler, with the same scorer as its frontier
+    summary = v4.run(v4.parse_args([*argv, "--euler-check"]))
+    ch = sel["budgets"]["2"]["challenger"]
+    x = summary["euler_check"]["2"][ch]
+    assert x["confirm_seeds"] == [7] and x["sampler"] == "euler-2" and "fm_ln" not in summary["euler_check"]["2"]
+    from rfengine.study import runs
+    from rfengine.study.scoring import Scorer
+    for r, fd in (("fm_ln", x["fd_baseline"]["7"]), (ch, x["fd_recipe"]["7"])):
+        d = out / "finetune" / f"{r}_s7"
+        assert json.loads((d / "euler.json").read_text())["by_budget"] == {"2": {"euler-2": fd}}
+        scorer = Scorer(samples=16, sample_steps=[20], classifier=str(out / "digits_classifier.pt"))
+        assert frontier.fd(runs.load(d / "run" / "ema.safetensors"), scorer, "euler", 2, 1.0) == pytest.approx(fd, rel=1e-6)
+    assert x["per_seed"] == [pytest.approx(math.log(x["fd_recipe"]["7"] / x["fd_baseline"]["7"]))]
+    assert "## Secondary check" in (out / "report.md").read_text()
+    assert summary["euler_frontiers"].keys() == {"fm_ln_s7", f"{ch}_s7"}
 
 
 def test_the_advice_trains_a_challenger_only_where_the_confirmation_established_it():
@@ -150,7 +165,8 @@ def test_the_frontier_plot_compares_recipes_on_the_same_seeds_and_draws_euler_al
     fronts["base_s2"] = {"4": {"euler-4": 1.0, "ab2-4_shift2": 1.0}}  # a seed the other recipe lacks so far
     summary = {"protocol": {"budgets": [4], "recipes": ["base", "fc"], "select_seeds": [0, 1, 2], "methods": ["euler"],
                             "confirm_seeds": [5]}, "selection": None, "frontiers": fronts}
-    (t1, s1, r1, best), (t2, s2, r2, euler) = panels(summary)
+    (t1, s1, r1, best, src1), (t2, s2, r2, euler, src2) = panels(summary)
+    assert src1 == src2 == "frontiers"
     assert s1 == s2 == [0, 1] and r1 == ["base", "fc"] and "Euler only" in t2
     assert mean_frontier(summary, "base", s1, best) == ([4], [pytest.approx(10 * math.sqrt(2))])
     assert mean_frontier(summary, "fc", s2, euler) == ([4], [pytest.approx(20 * math.sqrt(2))])
@@ -206,3 +222,31 @@ def test_a_setting_name_parses_back_to_its_sampler():
     for rows in frontier.settings().values():
         for st in rows:
             assert frontier.parse(st["name"]) == (st["method"], st["steps"], st["shift"])
+
+
+def test_the_euler_check_pairs_each_confirmed_recipe_with_the_baseline_on_shared_seeds():
+    from rfengine.study.report_v4 import euler_check, panels, tables
+    sel = {"baseline": "base", "budgets": {"4": {"winner": "base", "challenger": "fc", "rows": [],
+                                                  "samplers": {"base": "ab2-4", "fc": "ab2-4"}}}, "seeds": [0]}
+    fr = {("base", 15): {"by_budget": {"4": {"euler-4": 40.0}}}, ("fc", 15): {"by_budget": {"4": {"euler-4": 20.0}}},
+          ("base", 16): {"by_budget": {"4": {"euler-4": 10.0}}}, ("fc", 16): {"by_budget": {"4": {"euler-4": 8.0}}},
+          ("base", 17): {"by_budget": {"4": {"euler-4": 9.0}}}}  # seed 17: the recipe not scored yet
+    got = euler_check(fr, sel, [15, 16, 17])
+    assert set(got["4"]) == {"fc"}  # the baseline is not compared with itself
+    x = got["4"]["fc"]
+    assert x["confirm_seeds"] == [15, 16] and not x["complete"]
+    assert x["per_seed"] == [pytest.approx(math.log(0.5)), pytest.approx(math.log(0.8))]
+    assert x["mean_log_ratio"] == pytest.approx((math.log(0.5) + math.log(0.8)) / 2)
+    assert x["ci95"][0] < x["mean_log_ratio"] < x["ci95"][1]
+    assert euler_check({}, sel, [15])["4"]["fc"]["mean_log_ratio"] is None  # nothing scored yet
+    protocol = {"samples": 16, "budgets": [4], "methods": ["euler"], "shifts": [1.0], "shift_up_to": 10,
+                "recipes": ["base", "fc"], "select_seeds": [0], "confirm_seeds": [15, 16, 17]}
+    summary = {"selection": sel, "protocol": protocol, "by_budget": {}, "frontiers": {}, "euler_check": got,
+               "euler_frontiers": {f"{r}_s{s}": v["by_budget"] for (r, s), v in fr.items()}}
+    text = tables(summary)
+    assert f"| 4 | fc | [15, 16] | {20:.2f} | {math.sqrt(160):.2f} | " in text
+    assert panels(summary) == []  # no selection scores and no confirmation rows: nothing to draw
+    summary["by_budget"] = {"4": {}}
+    (title, seeds, recipes, _, source), = panels(summary)
+    assert recipes == ["base", "fc"]
+    assert seeds == [15, 16] and source == "euler_frontiers" and "secondary check" in title
