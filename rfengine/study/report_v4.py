@@ -263,9 +263,13 @@ def write_report(summary: dict, out: Path) -> None:
     if not drawn:  # nothing finished yet: no plot, and none left from an earlier summary
         (out / "frontier.png").unlink(missing_ok=True)
         return
-    fig, axes = plt.subplots(1, len(drawn), figsize=(5.6 * len(drawn), 5.0), sharey=True, squeeze=False)
+    cols = min(2, len(drawn))  # two panels a row: selection above, confirmation below
+    rows = -(-len(drawn) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 5.0 * rows), sharey=True, squeeze=False)
     colors = {r: f"C{i % 10}" for i, r in enumerate(p["recipes"])}
-    for ax, (title, seeds, recipes, samplers, source) in zip(axes[0], drawn):
+    for ax in axes.flat[len(drawn):]:
+        ax.set_visible(False)
+    for ax, (title, seeds, recipes, samplers, source) in zip(axes.flat, drawn):
         for r in recipes:
             xs, ys = mean_frontier(summary, r, seeds, samplers, source)
             if xs:
@@ -280,7 +284,8 @@ def write_report(summary: dict, out: Path) -> None:
         ax.set_xlabel("model calls per sample")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel(f"FD (geometric mean over seeds, {p['samples']} samples; lower is better)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"FD (geometric mean over seeds, {p['samples']} samples; lower is better)")
     axes[0][0].legend(fontsize=7.5)
     fig.suptitle("Quality per model call: every recipe fine-tuned for the same CPU seconds", fontsize=10)
     fig.tight_layout()
