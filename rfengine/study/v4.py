@@ -199,12 +199,15 @@ def run(args) -> dict:
 
 def summarize(args, out: Path, cal: dict) -> dict:
     """summary.json, report.md and frontier.png from whatever has finished."""
-    from rfengine.study.report_v4 import confirmation, euler_check, write_report
+    from rfengine.study.report_v4 import advice, confirmation, euler_check, write_report
     sel = json.loads((out / "selection.json").read_text()) if (out / "selection.json").is_file() else None
     fr = frontiers(out)
     cost = cal["cpu_seconds_per_step"]
+    by_budget = confirmation(fr, sel, args.confirm_seeds, cost) if sel else None
     summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS}, "calibration": cal, "selection": sel,
-               "by_budget": confirmation(fr, sel, args.confirm_seeds, cost) if sel else None,
+               "by_budget": by_budget,
+               # per budget what to train and how to sample, as the confirmation (not the selection) decides
+               "answer": advice(by_budget) if by_budget else None,
                "euler_check": euler_check(frontiers(out, EULER_CHECK), sel, args.confirm_seeds) if sel else None,
                "step_costs": {r: {"measured_vs_fm": cal["cost_vs_fm"][r],
                                   "measured_vs_baseline": cost[r] / cost[args.baseline],

@@ -115,6 +115,7 @@ def test_quick_pipeline_leaves_every_artifact(tmp_path):
         assert list(got) == [sel["budgets"]["2"]["samplers"][r]]
     row = summary["by_budget"]["2"]
     assert row["confirm_seeds"] == [7] and row["fd_baseline"]["7"] > 0
+    assert summary["answer"]["2"]["train"] == "fm_ln"  # one seed has no interval: nothing is established against it
     assert (out / "frontier.png").stat().st_size > 10_000 and "Confirmation seeds [7]" in (out / "report.md").read_text()
     with pytest.raises(SystemExit, match="other settings"):
         v4.run(v4.parse_args([*argv, "--samples", "64"]))
