@@ -185,10 +185,10 @@ def euler_jobs(args, out: Path) -> dict:
 def run(args) -> dict:
     if args.euler_check:
         out = Path(args.out)
-        driver.freeze_protocol(args, out, PROTOCOL_KEYS)  # this study's settings, or refused
-        if not (out / "selection.json").is_file():
+        if not (out / "selection.json").is_file():  # before the protocol: a folder without a study stays untouched
             raise SystemExit(f"rfengine: error: --euler-check: {out / 'selection.json'} is missing: "
                              "the check scores the confirmation models, which exist only after the selection")
+        driver.freeze_protocol(args, out, PROTOCOL_KEYS)  # this study's settings, or refused
         found = euler_jobs(args, out)
         log.info("Euler check: %d finished confirmation models to score (scored ones are cached)", len(found))
         Pool(args.workers, out / "logs").run(found, "study v4, Euler check")

@@ -120,10 +120,14 @@ def test_quick_pipeline_leaves_every_artifact(tmp_path):
     with pytest.raises(SystemExit, match="other settings"):
         v4.run(v4.parse_args([*argv, "--samples", "64"]))
     # the secondary check: each confirmation model scored with Euler, with the same scorer as its frontier
+    with pytest.raises(SystemExit, match="other settings"):  # refused before it scores (and caches) anything
+        v4.run(v4.parse_args([*argv, "--samples", "64", "--euler-check"]))
+    assert not list(out.glob("finetune/*/euler.json"))
     summary = v4.run(v4.parse_args([*argv, "--euler-check"]))
     ch = sel["budgets"]["2"]["challenger"]
     x = summary["euler_check"]["2"][ch]
-    assert x["confirm_seeds"] == [7] and x["sampler"] == "euler-2" and "fm_ln" not in summary["euler_check"]["2"]
+    assert x["confirm_seeds"] == [7] and x["complete"] and x["sampler"] == "euler-2"
+    assert "fm_ln" not in summary["euler_check"]["2"]
     from rfengine.study import runs
     from rfengine.study.scoring import Scorer
     for r, fd in (("fm_ln", x["fd_baseline"]["7"]), (ch, x["fd_recipe"]["7"])):
@@ -251,3 +255,10 @@ def test_the_euler_check_pairs_each_confirmed_recipe_with_the_baseline_on_shared
     (title, seeds, recipes, _, source), = panels(summary)
     assert recipes == ["base", "fc"]
     assert seeds == [15, 16] and source == "euler_frontiers" and "secondary check" in title
+
+
+def test_the_euler_check_of_a_folder_without_a_selection_is_one_error_line_and_writes_nothing(tmp_path):
+    from rfengine.study import v4
+    with pytest.raises(SystemExit, match="selection.json is missing"):
+        v4.run(v4.parse_args(["--quick", "--out", str(tmp_path), "--euler-check"]))
+    assert list(tmp_path.iterdir()) == []  # no protocol frozen for a study that has not started
