@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rfengine.flow import CALLS_PER_STEP
 from rfengine.study import frontier, stats
 
 pct = lambda x: f"{100 * (math.exp(x) - 1):+.1f}%" if math.isfinite(x) else "n/a"  # noqa: E731
@@ -67,7 +68,7 @@ def euler_check(fr: dict, sel: dict, seeds) -> dict:
             row = {"sampler": setting, "confirm_seeds": done, "complete": done == list(seeds),
                    "fd_baseline": {str(s): fr[(base, s)]["by_budget"][b][setting] for s in done},
                    "fd_recipe": {str(s): fr[(r, s)]["by_budget"][b][setting] for s in done},
-                   "per_seed": None, "mean_log_ratio": None, "ci95": None}
+                   "per_seed": None, "mean_log_ratio": None, "ci95": None, "verdict": "not scored yet"}
             if done:
                 row["per_seed"] = frontier.log_ratios(fr, r, setting, base, setting, done, b)
                 m, lo, hi = stats.t_interval(row["per_seed"])
@@ -147,6 +148,7 @@ def tables(summary: dict) -> str:
             mark = " **(winner)**" if r["recipe"] == c["winner"] else ""
             lines.append(f"| {b} | {r['recipe']}{mark} | {r['sampler']} | {pct(r['mean_log_ratio'])} "
                          f"[{pct(r['ci95'][0])}, {pct(r['ci95'][1])}] | {', '.join(pct(x) for x in r['per_seed'])} |")
+    lines += same_sampler_table(summary)
     if summary.get("by_budget"):
         lines += ["", "## What to train for a sampling budget", "",
                   "The recipe the confirmation seeds support at each budget (a challenger only where its 95% interval "
@@ -156,7 +158,7 @@ def tables(summary: dict) -> str:
         for b, a in advice(summary["by_budget"]).items():
             lines.append(f"| {b} | {a['train']} | `{a['sample_options']}` | {a['measured']} |")
     lines += ["", f"## Confirmation seeds {p['confirm_seeds']} (pretrained after the choices were frozen)", "",
-              "| budget | winner | challenger (sampler) | baseline (sampler) | FD baseline | FD challenger | change "
+              "| budget | selection winner | challenger (sampler) | baseline (sampler) | FD baseline | FD challenger | change "
               "[95% CI] | per seed | step cost vs baseline |", "|---|---|---|---|---|---|---|---|---|"]
     for b, r in (summary.get("by_budget") or {}).items():
         if r["challenger"] is None:  # a study of the baseline alone
@@ -194,6 +196,34 @@ def euler_table(summary: dict) -> list:
                      f"{gmean(x['fd_recipe'].values()):.2f} | {pct(x['mean_log_ratio'])} [{pct(x['ci95'][0])}, "
                      f"{pct(x['ci95'][1])}] | {', '.join(pct(v) for v in x['per_seed'])} |")
     return lines + [""]
+
+
+def same_sampler_table(summary: dict, methods=("euler", "heun")) -> list:
+    """Markdown lines: on the selection seeds, each recipe against the baseline with the same sampler (each of
+    `methods` on the uniform grid) at every budget it spends: where a recipe pays for a user whose sampler is
+    fixed. Paired change of FD, 95% t-interval."""
+    p = summary["protocol"]
+    base, seeds = p["recipes"][0], common_seeds(summary, p["recipes"], p["select_seeds"])
+    methods = [m for m in methods if m in p["methods"]]
+    if not seeds or not methods:
+        return []
+    fr = {(r, s): {"by_budget": summary["frontiers"][f"{r}_s{s}"]} for r in p["recipes"] for s in seeds}
+    lines = ["", f"## Selection seeds {seeds}: each recipe against {base} with the same sampler", "",
+             "A user whose sampler is fixed: both sides with it, on the uniform grid; change of FD [95% CI].", ""]
+    for m in methods:
+        budgets = [b for b in map(str, p["budgets"]) if int(b) % CALLS_PER_STEP[m] == 0]
+        names = {b: frontier.name(m, int(b) // CALLS_PER_STEP[m], 1.0) for b in budgets}
+        lines += [f"| {m}: recipe | " + " | ".join(f"{b} calls ({names[b]})" for b in budgets) + " |",
+                  "|---" * (len(budgets) + 1) + "|"]
+        for r in p["recipes"][1:]:
+            cells = []
+            for b in budgets:
+                lr = frontier.log_ratios(fr, r, names[b], base, names[b], seeds, b)
+                mean, lo, hi = stats.t_interval(lr)
+                cells.append(f"{pct(mean)} [{pct(lo)}, {pct(hi)}]")
+            lines.append(f"| {r} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines[:-1]
 
 
 LABELS = {"fm_ln": "logit-normal FM (baseline)", "fc_input@fm_ln": "FC input bias, Euler rollout (10)",

@@ -190,6 +190,8 @@ def run(args) -> dict:
                              "the check scores the confirmation models, which exist only after the selection")
         driver.freeze_protocol(args, out, PROTOCOL_KEYS)  # this study's settings, or refused
         found = euler_jobs(args, out)
+        if runs.on_gpu():  # as the study itself: one scoring at a time beside a GPU
+            args.workers = 1
         log.info("Euler check: %d finished confirmation models to score (scored ones are cached)", len(found))
         Pool(args.workers, out / "logs").run(found, "study v4, Euler check")
         args.summarize = True
@@ -204,16 +206,17 @@ def summarize(args, out: Path, cal: dict) -> dict:
     fr = frontiers(out)
     cost = cal["cpu_seconds_per_step"]
     by_budget = confirmation(fr, sel, args.confirm_seeds, cost) if sel else None
+    euler = frontiers(out, EULER_CHECK)
     summary = {"protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS}, "calibration": cal, "selection": sel,
                "by_budget": by_budget,
                # per budget what to train and how to sample, as the confirmation (not the selection) decides
                "answer": advice(by_budget) if by_budget else None,
-               "euler_check": euler_check(frontiers(out, EULER_CHECK), sel, args.confirm_seeds) if sel else None,
+               "euler_check": euler_check(euler, sel, args.confirm_seeds) if sel else None,
                "step_costs": {r: {"measured_vs_fm": cal["cost_vs_fm"][r],
                                   "measured_vs_baseline": cost[r] / cost[args.baseline],
                                   "flop_floor_vs_fm": f} for r, f in flop_floors(args.variants).items()},
                "frontiers": {f"{r}_s{s}": v["by_budget"] for (r, s), v in fr.items()},
-               "euler_frontiers": {f"{r}_s{s}": v["by_budget"] for (r, s), v in frontiers(out, EULER_CHECK).items()},
+               "euler_frontiers": {f"{r}_s{s}": v["by_budget"] for (r, s), v in euler.items()},
                "finetunes": {f"{v}_s{s}": {"steps": r["steps"], "cpu_seconds_measured": r["cpu_seconds_measured"],
                                            "fd20": r["by_steps"]["20"]["fd"], "curve": r["curve"]}
                              for (v, s), r in runs.finetune_results(out).items()}}

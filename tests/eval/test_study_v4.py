@@ -262,3 +262,20 @@ def test_the_euler_check_of_a_folder_without_a_selection_is_one_error_line_and_w
     with pytest.raises(SystemExit, match="selection.json is missing"):
         v4.run(v4.parse_args(["--quick", "--out", str(tmp_path), "--euler-check"]))
     assert list(tmp_path.iterdir()) == []  # no protocol frozen for a study that has not started
+
+
+def test_the_same_sampler_table_pairs_each_recipe_with_the_baseline_under_one_fixed_sampler():
+    from rfengine.study.report_v4 import same_sampler_table
+    fronts = {}
+    for s in (0, 1):
+        fronts[f"base_s{s}"] = {"4": {"euler-4": 40.0, "heun-2": 80.0, "ab2-4": 10.0}, "5": {"euler-5": 30.0}}
+        fronts[f"fc_s{s}"] = {"4": {"euler-4": 20.0 * (s + 1), "heun-2": 80.0, "ab2-4": 1.0}, "5": {"euler-5": 15.0}}
+    protocol = {"budgets": [4, 5], "recipes": ["base", "fc"], "select_seeds": [0, 1, 2], "methods": ["euler", "heun", "ab2"]}
+    text = "\n".join(same_sampler_table({"protocol": protocol, "frontiers": fronts, "selection": None}))
+    assert "Selection seeds [0, 1]" in text  # the seeds every recipe has
+    # euler: log ratios log(0.5), log(1.0) at 4 calls -> mean -34.7/2 in logs; 5 calls: exactly -50%
+    euler = next(line for line in text.splitlines() if line.startswith("| fc |"))
+    assert euler.startswith(f"| fc | {100 * (math.sqrt(0.5) - 1):+.1f}% [") and "| -50.0% [-50.0%, -50.0%] |" in euler
+    heun = [line for line in text.splitlines() if line.startswith("| fc |")][1]
+    assert heun == "| fc | +0.0% [+0.0%, +0.0%] |"  # heun spends 2 calls a step: 4 calls only, and AB2 is not used
+    assert "5 calls (euler-5)" in text and "heun-2" in text and "ab2" not in text
