@@ -57,6 +57,13 @@ def adopt(args, out: Path) -> None:
                 shutil.copyfile(src / name, dst / name)
 
 
+def one_at_a_time_on_gpu(args) -> None:
+    """With a GPU present, one job at a time (`args.workers` = 1): wall-clock seconds are the compute measure."""
+    if runs.on_gpu() and args.workers != 1:
+        log.warning("a GPU is present: one run at a time (wall-clock seconds are the compute measure)")
+        args.workers = 1
+
+
 def run(args, keys, jobs, summarize, desc: str) -> dict:
     """A study from its arguments: `jobs(args, out, calibration)` is its job graph (`Pool.run`),
     `summarize(args, out, calibration)` its summary; `--summarize` only summarizes, `--stop-after calibration`
@@ -66,9 +73,7 @@ def run(args, keys, jobs, summarize, desc: str) -> dict:
     freeze_protocol(args, out, keys)
     pin_classifier(out)
     adopt(args, out)
-    if runs.on_gpu() and args.workers != 1:
-        log.warning("a GPU is present: one run at a time (wall-clock seconds are the compute measure)")
-        args.workers = 1
+    one_at_a_time_on_gpu(args)
     if args.summarize:
         return summarize(args, out, json.loads((out / "calibration.json").read_text()))
     pool = Pool(args.workers, out / "logs")

@@ -158,8 +158,8 @@ def tables(summary: dict) -> str:
         for b, a in advice(summary["by_budget"]).items():
             lines.append(f"| {b} | {a['train']} | `{a['sample_options']}` | {a['measured']} |")
     lines += ["", f"## Confirmation seeds {p['confirm_seeds']} (pretrained after the choices were frozen)", "",
-              "| budget | selection winner | challenger (sampler) | baseline (sampler) | FD baseline | FD challenger | change "
-              "[95% CI] | per seed | step cost vs baseline |", "|---|---|---|---|---|---|---|---|---|"]
+              "| budget | selection winner | challenger (sampler) | baseline (sampler) | FD baseline | FD challenger "
+              "| change [95% CI] | per seed | step cost vs baseline |", "|---|---|---|---|---|---|---|---|---|"]
     for b, r in (summary.get("by_budget") or {}).items():
         if r["challenger"] is None:  # a study of the baseline alone
             lines.append(f"| {b} | {r['winner']} | none | {r['baseline']} ({r['baseline_sampler']}) | | | n/a | | |")
@@ -212,6 +212,8 @@ def same_sampler_table(summary: dict, methods=("euler", "heun")) -> list:
              "A user whose sampler is fixed: both sides with it, on the uniform grid; change of FD [95% CI].", ""]
     for m in methods:
         budgets = [b for b in map(str, p["budgets"]) if int(b) % CALLS_PER_STEP[m] == 0]
+        if not budgets:  # no budget this sampler spends exactly
+            continue
         names = {b: frontier.name(m, int(b) // CALLS_PER_STEP[m], 1.0) for b in budgets}
         lines += [f"| {m}: recipe | " + " | ".join(f"{b} calls ({names[b]})" for b in budgets) + " |",
                   "|---" * (len(budgets) + 1) + "|"]

@@ -190,8 +190,7 @@ def run(args) -> dict:
                              "the check scores the confirmation models, which exist only after the selection")
         driver.freeze_protocol(args, out, PROTOCOL_KEYS)  # this study's settings, or refused
         found = euler_jobs(args, out)
-        if runs.on_gpu():  # as the study itself: one scoring at a time beside a GPU
-            args.workers = 1
+        driver.one_at_a_time_on_gpu(args)
         log.info("Euler check: %d finished confirmation models to score (scored ones are cached)", len(found))
         Pool(args.workers, out / "logs").run(found, "study v4, Euler check")
         args.summarize = True

@@ -265,17 +265,27 @@ def test_the_euler_check_of_a_folder_without_a_selection_is_one_error_line_and_w
 
 
 def test_the_same_sampler_table_pairs_each_recipe_with_the_baseline_under_one_fixed_sampler():
-    from rfengine.study.report_v4 import same_sampler_table
+    from rfengine.study import stats
+    from rfengine.study.report_v4 import same_sampler_table, tables
     fronts = {}
-    for s in (0, 1):
-        fronts[f"base_s{s}"] = {"4": {"euler-4": 40.0, "heun-2": 80.0, "ab2-4": 10.0}, "5": {"euler-5": 30.0}}
-        fronts[f"fc_s{s}"] = {"4": {"euler-4": 20.0 * (s + 1), "heun-2": 80.0, "ab2-4": 1.0}, "5": {"euler-5": 15.0}}
-    protocol = {"budgets": [4, 5], "recipes": ["base", "fc"], "select_seeds": [0, 1, 2], "methods": ["euler", "heun", "ab2"]}
-    text = "\n".join(same_sampler_table({"protocol": protocol, "frontiers": fronts, "selection": None}))
+    for s in (0, 1):  # per seed: baseline 40 / 80, recipe 20 / 80 -> paired log ratios log 0.5 and log 1
+        fronts[f"base_s{s}"] = {"4": {"euler-4": 40.0 * (s + 1), "heun-2": 80.0 + s, "ab2-4": 10.0},
+                                "5": {"euler-5": 30.0 + s}}
+        fronts[f"fc_s{s}"] = {"4": {"euler-4": 20.0 * (s + 1) ** 2, "heun-2": 80.0 + s, "ab2-4": 1.0},
+                              "5": {"euler-5": (30.0 + s) / 2}}
+    protocol = {"budgets": [4, 5], "recipes": ["base", "fc"], "select_seeds": [0, 1, 2], "methods": ["euler", "heun", "ab2"],
+                "shifts": [1.0], "shift_up_to": 10, "samples": 16, "confirm_seeds": [7]}
+    summary = {"protocol": protocol, "frontiers": fronts, "selection": None}
+    text = "\n".join(same_sampler_table(summary))
     assert "Selection seeds [0, 1]" in text  # the seeds every recipe has
-    # euler: log ratios log(0.5), log(1.0) at 4 calls -> mean -34.7/2 in logs; 5 calls: exactly -50%
-    euler = next(line for line in text.splitlines() if line.startswith("| fc |"))
-    assert euler.startswith(f"| fc | {100 * (math.sqrt(0.5) - 1):+.1f}% [") and "| -50.0% [-50.0%, -50.0%] |" in euler
-    heun = [line for line in text.splitlines() if line.startswith("| fc |")][1]
-    assert heun == "| fc | +0.0% [+0.0%, +0.0%] |"  # heun spends 2 calls a step: 4 calls only, and AB2 is not used
-    assert "5 calls (euler-5)" in text and "heun-2" in text and "ab2" not in text
+    pct = lambda x: f"{100 * (math.exp(x) - 1):+.1f}%"  # noqa: E731
+    m, lo, hi = stats.t_interval([math.log(0.5), math.log(1.0)])  # paired per seed (unpaired: log 0.25, log 2)
+    euler, heun = [line for line in text.splitlines() if line.startswith("| fc |")]
+    assert euler == f"| fc | {pct(m)} [{pct(lo)}, {pct(hi)}] | -50.0% [-50.0%, -50.0%] |"
+    assert heun == "| fc | +0.0% [+0.0%, +0.0%] |"  # heun spends 2 calls a step: 4 calls only; AB2 is not read
+    assert "5 calls (euler-5)" in text and "4 calls (heun-2)" in text and "ab2" not in text
+    assert "| base |" not in text  # the baseline is not compared with itself
+    odd = same_sampler_table({**summary, "protocol": {**protocol, "budgets": [5]}})
+    assert not any("heun" in line for line in odd)  # a sampler that spends no budget exactly gets no table
+    tabled = tables({**summary, "selection": {"baseline": "base", "budgets": {}, "seeds": [0, 1]}})
+    assert "with the same sampler" in tabled  # the report carries it
