@@ -128,12 +128,17 @@ def confirm_job(out: Path, recipe: str, seed: int, init: Path, steps: dict, poin
                                        points, lr, scorer_args, frontier.confirm_grid(chosen, recipe, grid))
 
 
-def jobs(args, out: Path, cal: dict) -> dict:
-    """name -> (priority, deps, fn, args); lower priority first: selection, then confirmation."""
-    steps, grid = cal["finetune_steps"], grid_of(args)
+def scorer_args(args, out: Path) -> dict:
+    """The `Scorer` of every score of this study (its samples, noise and pinned classifier)."""
     scorer = {"samples": args.samples, "sample_steps": [20], "classifier": str(out / CLASSIFIER)}
     if args.quick:
         scorer["bias_samples"] = 16
+    return scorer
+
+
+def jobs(args, out: Path, cal: dict) -> dict:
+    """name -> (priority, deps, fn, args); lower priority first: selection, then confirmation."""
+    steps, grid, scorer = cal["finetune_steps"], grid_of(args), scorer_args(args, out)
     rule = {k: getattr(args, k) for k in ("chunk", "min_steps", "max_steps", "patience", "tol")}
     rule["samples"] = args.plateau_samples
     out_jobs = {}
@@ -170,8 +175,7 @@ def euler_jobs(args, out: Path) -> dict:
     """The secondary check's jobs: each finished confirmation fine-tune of a confirmed recipe scored with Euler
     at every budget on the uniform grid, with the same scorer (samples, noise, classifier) as its frontier."""
     sel = json.loads((out / "selection.json").read_text())
-    grid = frontier.settings(args.budgets, ["euler"], [1.0])
-    scorer = {"samples": args.samples, "sample_steps": [20], "classifier": str(out / CLASSIFIER)}
+    grid, scorer = frontier.settings(args.budgets, ["euler"], [1.0]), scorer_args(args, out)
     found = {}
     for s in args.confirm_seeds:
         for r in frontier.confirm_set(sel):
