@@ -289,3 +289,16 @@ def test_the_same_sampler_table_pairs_each_recipe_with_the_baseline_under_one_fi
     assert not any("heun" in line for line in odd)  # a sampler that spends no budget exactly gets no table
     tabled = tables({**summary, "selection": {"baseline": "base", "budgets": {}, "seeds": [0, 1]}})
     assert "with the same sampler" in tabled  # the report carries it
+
+
+def test_with_a_gpu_present_studies_run_one_job_at_a_time(monkeypatch):
+    from types import SimpleNamespace
+
+    from rfengine.study import driver, runs
+    args = SimpleNamespace(workers=2)
+    monkeypatch.setattr(runs, "on_gpu", lambda: False)
+    driver.one_at_a_time_on_gpu(args)
+    assert args.workers == 2  # CPU: single-thread workers side by side
+    monkeypatch.setattr(runs, "on_gpu", lambda: True)
+    driver.one_at_a_time_on_gpu(args)
+    assert args.workers == 1  # GPU: wall-clock seconds are the measure, so one job at a time
